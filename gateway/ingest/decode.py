@@ -1,0 +1,218 @@
+"""Pure decoding of the v1 MQTT contract: (topic, payload bytes) -> values or rejections.
+
+No I/O and no state: the same input always gives the same output, which is what lets the
+ingest tests feed it every bad-input class directly. Foreign firmware goes through
+``gateway.ingest.mapping`` first; everything under ``roost/v1/`` is decoded here.
+
+Contract (docs/mqtt.md): ``roost/v1/<node_id>/readings`` carries one reading message or a JSON
+array of them; ``status`` a birth or last will; ``cmd/ack`` a command answer. Anything else under
+the root is rejected with a reason, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Annotated
+
+import msgspec
+
+from gateway.ingest.mapping import MappingRule
+from gateway.model import CommandAck, Message, NodeStatus, Rejected
+
+__all__ = [
+    "NODE_ID_PATTERN",
+    "ROOT",
+    "Decoded",
+    "Decoder",
+    "decode_readings",
+]
+
+ROOT = "roost/v1/"
+NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+METRIC_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+# 2**53: the largest integer every JSON reader (and the dashboard's JavaScript) keeps exact.
+_MAX_SAFE = 2**53
+
+MetricName = Annotated[str, msgspec.Meta(pattern=METRIC_PATTERN)]
+SafeUInt = Annotated[int, msgspec.Meta(ge=0, le=_MAX_SAFE)]
+
+
+class _Reading(msgspec.Struct, frozen=True):
+    b: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+    s: SafeUInt
+    m: Annotated[dict[MetricName, float], msgspec.Meta(min_length=1, max_length=64)]
+    t: SafeUInt | None = None
+    u: SafeUInt | None = None
+
+
+class _Status(msgspec.Struct, frozen=True):
+    state: Annotated[str, msgspec.Meta(pattern=r"^(online|offline|safe_mode)$")]
+    fw: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    board: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    boot: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] | None = None
+    ip: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    rssi: Annotated[int, msgspec.Meta(ge=-200, le=50)] | None = None
+    mem_free: Annotated[int, msgspec.Meta(ge=0, le=2**40)] | None = None
+    dropped: Annotated[int, msgspec.Meta(ge=0, le=_MAX_SAFE)] | None = None
+
+
+class _Ack(msgspec.Struct, frozen=True):
+    id: Annotated[str, msgspec.Meta(max_length=64)]
+    ok: bool
+    error: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+
+
+_reading_decoder = msgspec.json.Decoder(_Reading | list[_Reading])
+_raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+_one_reading_decoder = msgspec.json.Decoder(_Reading)
+_status_decoder = msgspec.json.Decoder(_Status)
+_ack_decoder = msgspec.json.Decoder(_Ack)
+
+Decoded = Message | NodeStatus | CommandAck | Rejected
+
+
+def _as_message(node_id: str, r: _Reading) -> Message | str:
+    # msgspec already refuses JSON's non-standard NaN/Infinity and out-of-range numbers;
+    # this catches finite-but-overflowing values such as 1e308 * 10 written as a literal.
+    for value in r.m.values():
+        if not math.isfinite(value):
+            return "metric value is not a finite number"
+    return Message(
+        node_id=node_id,
+        boot=r.b,
+        seq=r.s,
+        t=r.t,
+        uptime_ms=r.u,
+        metrics=tuple(r.m.items()),
+    )
+
+
+def decode_readings(topic: str, node_id: str, payload: bytes) -> list[Message | Rejected]:
+    """Decode a readings payload: one message or an array (a node's replay of its buffer).
+
+    A bad element of an array is rejected on its own; the good ones are kept.
+    """
+    try:
+        decoded = _reading_decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        if payload.lstrip()[:1] != b"[":
+            return [Rejected(topic, payload, f"invalid reading: {exc}", node_id)]
+        return _decode_elementwise(topic, node_id, payload)
+    except msgspec.DecodeError as exc:
+        return [Rejected(topic, payload, f"malformed JSON: {exc}", node_id)]
+    items: Sequence[_Reading] = decoded if isinstance(decoded, list) else (decoded,)
+    if not items:
+        return [Rejected(topic, payload, "empty reading array", node_id)]
+    out: list[Message | Rejected] = []
+    for r in items:
+        m = _as_message(node_id, r)
+        out.append(m if isinstance(m, Message) else Rejected(topic, payload, m, node_id))
+    return out
+
+
+def _decode_elementwise(topic: str, node_id: str, payload: bytes) -> list[Message | Rejected]:
+    try:
+        raws = _raw_list_decoder.decode(payload)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return [Rejected(topic, payload, f"malformed JSON: {exc}", node_id)]
+    out: list[Message | Rejected] = []
+    for i, raw in enumerate(raws):
+        element = bytes(raw)
+        try:
+            m = _as_message(node_id, _one_reading_decoder.decode(element))
+        except msgspec.ValidationError as exc:
+            out.append(Rejected(topic, element, f"invalid reading at [{i}]: {exc}", node_id))
+            continue
+        out.append(m if isinstance(m, Message) else Rejected(topic, element, m, node_id))
+    return out
+
+
+def _decode_status(topic: str, node_id: str, payload: bytes) -> NodeStatus | Rejected:
+    try:
+        s = _status_decoder.decode(payload)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return Rejected(topic, payload, f"invalid status: {exc}", node_id)
+    return NodeStatus(
+        node_id=node_id,
+        state=s.state,
+        fw=s.fw,
+        board=s.board,
+        boot=s.boot,
+        ip=s.ip,
+        rssi=s.rssi,
+        mem_free=s.mem_free,
+        dropped=s.dropped,
+    )
+
+
+def _decode_ack(topic: str, node_id: str, payload: bytes) -> CommandAck | Rejected:
+    try:
+        a = _ack_decoder.decode(payload)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return Rejected(topic, payload, f"invalid command ack: {exc}", node_id)
+    return CommandAck(node_id=node_id, command_id=a.id, ok=a.ok, error=a.error)
+
+
+class Decoder:
+    """Routes a topic to its decoder: the v1 contract first, then the mapping rules in order."""
+
+    def __init__(
+        self,
+        rules: Sequence[MappingRule] = (),
+        *,
+        max_payload_bytes: int = 65536,
+        node_id_pattern: str = NODE_ID_PATTERN,
+    ) -> None:
+        self._rules = tuple(rules)
+        self._max_payload = max_payload_bytes
+        self._node_id_ok = re.compile(node_id_pattern).match
+
+    def decode(self, topic: str, payload: bytes) -> list[Decoded]:
+        """Decode one MQTT message into zero or more values (zero: a topic we ignore on purpose)."""
+        if len(payload) > self._max_payload:
+            return [
+                Rejected(
+                    topic,
+                    payload,
+                    f"payload of {len(payload)} bytes exceeds ingest.max_payload_bytes "
+                    f"({self._max_payload})",
+                )
+            ]
+        if topic.startswith(ROOT):
+            return self._decode_v1(topic, payload)
+        for rule in self._rules:
+            result = rule.apply(topic, payload)
+            if result is None:
+                continue
+            checked: list[Decoded] = []
+            for item in result:
+                if isinstance(item, Message) and not self._node_id_ok(item.node_id):
+                    checked.append(
+                        Rejected(topic, payload, f"node id {item.node_id!r} is not allowed")
+                    )
+                else:
+                    checked.append(item)
+            return checked
+        return [Rejected(topic, payload, "no mapping rule matches this topic")]
+
+    def _decode_v1(self, topic: str, payload: bytes) -> list[Decoded]:
+        parts = topic[len(ROOT) :].split("/")
+        node_id = parts[0]
+        kind = "/".join(parts[1:])
+        if kind == "cmd":
+            # The gateway's own commands to the node: not input, ignored on purpose.
+            return []
+        if not self._node_id_ok(node_id):
+            return [Rejected(topic, payload, f"node id {node_id[:80]!r} is not allowed")]
+        if kind == "readings":
+            return list(decode_readings(topic, node_id, payload))
+        if kind == "status":
+            if not payload:
+                # An empty retained message clears the retained status: nothing to record.
+                return []
+            return [_decode_status(topic, node_id, payload)]
+        if kind == "cmd/ack":
+            return [_decode_ack(topic, node_id, payload)]
+        return [Rejected(topic, payload, f"unknown topic kind {kind[:80]!r}", node_id)]
