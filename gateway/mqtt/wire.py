@@ -119,11 +119,18 @@ def encode_connect(
     return _packet(CONNECT, body)
 
 
-def encode_subscribe(mid: int, filters: list[tuple[str, int]], *, no_local: bool = True) -> bytes:
-    """SUBSCRIBE; each filter with its maximum QoS. ``no_local`` hides our own publishes."""
+def encode_subscribe(
+    mid: int, filters: list[tuple[str, int]], *, no_local: bool = True, retain_handling: int = 1
+) -> bytes:
+    """SUBSCRIBE; each filter with its maximum QoS.
+
+    ``no_local`` hides our own publishes; ``retain_handling`` 1 sends retained messages only for
+    a subscription that did not exist yet, so re-subscribing a resumed session replays nothing.
+    """
     body = struct.pack("!H", mid) + b"\x00"
+    options = (0x04 if no_local else 0) | (retain_handling << 4)
     for topic, qos in filters:
-        body += _string(topic) + bytes((qos | (0x04 if no_local else 0),))
+        body += _string(topic) + bytes((qos | options,))
     return _packet(SUBSCRIBE, body)
 
 

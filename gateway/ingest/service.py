@@ -1,0 +1,257 @@
+"""Ingest: the gateway's persistent MQTT session, from broker to store writer.
+
+One connection (fixed client id, no clean start, a session expiry) so the broker queues QoS1
+messages while the gateway is down. Each batch the connection hands over is decoded and submitted
+to the store writer as one ``Unit`` whose callback PUBACKs the batch after it commits. The
+connection's own read pause bounds what waits for a commit.
+
+Reconnection is this plain loop with exponential backoff and jitter. Nodes that come online or
+send readings without a clock get the gateway's time (the ``time`` command), at most once a
+minute each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import msgspec
+
+from gateway.config import MqttTarget, Settings
+from gateway.ingest.decode import ROOT, Decoder
+from gateway.model import Rejected
+from gateway.mqtt import wire
+from gateway.mqtt.client import Connection, ConnectOptions, ConnectRefused, MqttError
+from gateway.store.writer import CommitResult, StoreWriter, Unit, now_ms
+
+__all__ = ["Ingest", "IngestState", "ssl_context"]
+
+log = logging.getLogger("roost.ingest")
+
+
+def ssl_context(
+    target: MqttTarget, ca_file: str = "", insecure: bool = False
+) -> ssl.SSLContext | None:
+    """The TLS context for an mqtts target: CA verification on unless told otherwise."""
+    if not target.tls:
+        return None
+    ctx = ssl.create_default_context(cafile=ca_file or None)
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+@dataclass(slots=True)
+class IngestState:
+    """What the API and logs report about ingest."""
+
+    connected: bool = False
+    since: float = 0.0
+    last_error: str | None = None
+    connects: int = 0
+    publishes: int = 0
+
+
+class _RateLimitedLog:
+    """At most ``burst`` lines per ``window`` seconds; the rest are counted and summarised."""
+
+    def __init__(self, burst: int = 20, window: float = 10.0) -> None:
+        self.burst = burst
+        self.window = window
+        self.start = 0.0
+        self.count = 0
+        self.suppressed = 0
+
+    def __call__(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self.start > self.window:
+            if self.suppressed:
+                log.warning("%d more quarantined messages were not logged", self.suppressed)
+            self.start, self.count, self.suppressed = now, 0, 0
+        self.count += 1
+        if self.count <= self.burst:
+            log.warning(msg, *args)
+        else:
+            self.suppressed += 1
+
+
+class Ingest:
+    """Owns the ingest connection; ``run()`` is its task."""
+
+    def __init__(self, settings: Settings, writer: StoreWriter, target: MqttTarget) -> None:
+        self.settings = settings
+        self.writer = writer
+        self.target = target
+        self.state = IngestState()
+        self.decoder = Decoder(
+            settings.mapping_rules(),
+            max_payload_bytes=settings.ingest.max_payload_bytes,
+            node_id_pattern=settings.ingest.node_id_pattern,
+        )
+        rules = settings.mapping_rules()
+        self.filters: list[tuple[str, int]] = [(ROOT + "#", 1)] + [
+            (r.subscription, 1) for r in rules
+        ]
+        self._conn: Connection | None = None
+        self._warn = _RateLimitedLog()
+        self._synced: dict[str, float] = {}
+        self._cmd_seq = 0
+        self._tasks: set[asyncio.Future[object]] = set()
+        self._stopping = False
+        writer.add_listener(self._after_commit)
+
+    def _options(self) -> ConnectOptions:
+        m = self.settings.mqtt
+        return ConnectOptions(
+            host=self.target.host,
+            port=self.target.port,
+            client_id=m.client_id,
+            clean_start=False,
+            session_expiry=m.session_expiry_s,
+            keepalive=m.keepalive_s,
+            username=self.target.username,
+            password=self.target.password,
+            ssl=ssl_context(self.target, m.ca_file, m.tls_insecure),
+            will=wire.Will(
+                f"roost/gateway/{self.settings.gateway.name}/status", b'{"state":"offline"}'
+            ),
+        )
+
+    async def run(self) -> None:
+        """Connect, subscribe, pump; reconnect with backoff when the link drops."""
+        delay = 0.5
+        options = self._options()
+        while not self._stopping:
+            try:
+                conn = await Connection.open(options, max_pending=self.settings.ingest.max_pending)
+            except ConnectRefused as exc:
+                self._down(str(exc))
+                await asyncio.sleep(min(delay * 8, 60.0))
+                continue
+            except MqttError as exc:
+                self._down(str(exc))
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 30.0)
+                continue
+            delay = 0.5
+            self._conn = conn
+            try:
+                await self._serve(conn)
+            except MqttError as exc:
+                self._down(str(exc))
+            finally:
+                self._conn = None
+                if not self._stopping:
+                    await conn.close()
+
+    def _down(self, why: str) -> None:
+        if self.state.connected or self.state.last_error != why:
+            log.warning("broker link down: %s", why)
+        self.state.connected = False
+        self.state.last_error = why
+
+    async def _serve(self, conn: Connection) -> None:
+        granted = await conn.subscribe(self.filters)
+        for (topic, _), code in zip(self.filters, granted, strict=False):
+            if code >= 0x80:
+                log.error("broker refused subscription %r (reason 0x%02x)", topic, code)
+        self.state.connected = True
+        self.state.since = time.time()
+        self.state.connects += 1
+        self.state.last_error = None
+        log.info(
+            "connected to broker %s:%d as %r (session %s)",
+            self.target.host,
+            self.target.port,
+            self.settings.mqtt.client_id,
+            "resumed" if conn.session_present else "new",
+        )
+        await self._publish_gateway_status(conn)
+        decode = self.decoder.decode
+        writer = self.writer
+        warn = self._warn
+        while True:
+            batch = await conn.messages()
+            received = now_ms()
+            items = []
+            mids = []
+            for p in batch:
+                decoded = decode(p.topic, p.payload)
+                items.extend(decoded)
+                if p.qos:
+                    mids.append(p.mid)
+                for d in decoded:
+                    if type(d) is Rejected:
+                        warn("quarantined message on %s: %s", d.topic[:200], d.reason)
+            self.state.publishes += len(batch)
+            await writer.submit(
+                Unit(items, received, publishes=len(batch), on_commit=partial(conn.ack, mids))
+            )
+
+    async def _publish_gateway_status(self, conn: Connection) -> None:
+        payload = msgspec.json.encode({"state": "online", "ts": now_ms()})
+        with contextlib.suppress(MqttError):
+            await conn.publish(
+                f"roost/gateway/{self.settings.gateway.name}/status", payload, qos=1, retain=True
+            )
+
+    def _after_commit(self, result: CommitResult) -> None:
+        if not self.settings.ingest.time_sync:
+            return
+        now = time.monotonic()
+        due = {s.node_id for s in result.statuses if s.state == "online"}
+        due.update(result.untimed_nodes)
+        for node_id in due:
+            if now - self._synced.get(node_id, -1e9) < 60.0:
+                continue
+            self._synced[node_id] = now
+            self._spawn(self.send_command(node_id, {"op": "time", "epoch_ms": now_ms()}))
+
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def send_command(self, node_id: str, body: dict[str, object]) -> str | None:
+        """Publish a command on the node's cmd topic; its id, or ``None`` when offline."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return None
+        self._cmd_seq += 1
+        cid = f"g{int(time.time())}-{self._cmd_seq}"
+        payload = msgspec.json.encode({"id": cid, **body})
+        try:
+            async with asyncio.timeout(10):
+                await conn.publish(f"{ROOT}{node_id}/cmd", payload, qos=1)
+        except (MqttError, TimeoutError) as exc:
+            log.info("command %s to %s not sent: %s", body.get("op"), node_id, exc)
+            return None
+        return cid
+
+    async def stop(self) -> None:
+        """Stop reading; the writer then commits and acks what was already handed over."""
+        self._stopping = True
+
+    async def disconnect(self) -> None:
+        """Send DISCONNECT after the writer drained: the broker keeps our session."""
+        for task in list(self._tasks):
+            task.cancel()
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(MqttError):
+                await conn.publish(
+                    f"roost/gateway/{self.settings.gateway.name}/status",
+                    b'{"state":"offline"}',
+                    qos=0,
+                    retain=True,
+                )
+            await conn.close()

@@ -1,0 +1,151 @@
+"""The gateway process: broker, store writer and ingest as one supervised set of tasks.
+
+Start-up order follows the data: the broker first (managed, or the external URL), then the store
+(migrated), then ingest. Shutdown runs it backwards so nothing in flight is lost: stop reading,
+let the writer commit and acknowledge what it holds, disconnect cleanly (the broker keeps the
+session and queues for it), close the store, stop a managed broker last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway import sdnotify
+from gateway.broker.managed import ManagedBroker
+from gateway.config import MqttTarget, Settings, parse_mqtt_url
+from gateway.ingest.service import Ingest
+from gateway.store.reader import db_path
+from gateway.store.writer import StoreWriter
+
+__all__ = ["Gateway", "GatewayInfo"]
+
+log = logging.getLogger("roost")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayInfo:
+    """What a started gateway tells whoever started it."""
+
+    broker_url: str
+    managed_broker: bool
+    data_dir: str
+
+
+class Gateway:
+    """One gateway process. ``await Gateway(settings).run()`` until ``stop()`` or a signal."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.broker: ManagedBroker | None = None
+        self.writer: StoreWriter | None = None
+        self.ingest: Ingest | None = None
+        self._stop = asyncio.Event()
+        self.exit_code = 0
+
+    def stop(self) -> None:
+        """Ask the gateway to shut down cleanly."""
+        self._stop.set()
+
+    async def run(
+        self,
+        *,
+        on_ready: Callable[[GatewayInfo], None] | None = None,
+        handle_signals: bool = True,
+    ) -> int:
+        s = self.settings
+        data_dir = s.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+
+        target: MqttTarget
+        if s.managed_broker:
+            self.broker = ManagedBroker(data_dir, port=s.mqtt.port, bind=s.mqtt.bind)
+            await self.broker.start()
+            target = MqttTarget(host="127.0.0.1", port=s.mqtt.port, tls=False)
+            broker_url = f"mqtt://{s.mqtt.bind}:{s.mqtt.port} (managed)"
+        else:
+            target = parse_mqtt_url(s.mqtt.url)
+            broker_url = f"{'mqtts' if target.tls else 'mqtt'}://{target.host}:{target.port}"
+
+        self.writer = writer = StoreWriter(
+            db_path(data_dir),
+            batch_max_rows=s.store.batch_max_rows,
+            batch_max_ms=s.store.batch_max_ms,
+            synchronous=s.store.synchronous,
+            quarantine_raw_bytes=s.ingest.quarantine_raw_bytes,
+        )
+        await writer.open()
+        self.ingest = ingest = Ingest(s, writer, target)
+
+        tasks: dict[str, asyncio.Task[None]] = {
+            "store writer": asyncio.create_task(writer.run(), name="store-writer"),
+            "ingest": asyncio.create_task(ingest.run(), name="ingest"),
+        }
+        if sdnotify.watchdog_interval() is not None:
+            tasks["watchdog"] = asyncio.create_task(sdnotify.watchdog_loop(), name="watchdog")
+        if self.broker is not None:
+            tasks["broker supervisor"] = asyncio.create_task(
+                self.broker.supervise(), name="broker-supervisor"
+            )
+        stop_wait = asyncio.create_task(self._stop.wait(), name="stop")
+        sdnotify.notify("READY=1")
+        log.info("gateway %r running: broker %s, data in %s", s.gateway.name, broker_url, data_dir)
+        if on_ready is not None:
+            on_ready(GatewayInfo(broker_url, self.broker is not None, str(data_dir)))
+
+        try:
+            done, _ = await asyncio.wait(
+                [stop_wait, *tasks.values()], return_when=asyncio.FIRST_COMPLETED
+            )
+            for name, task in tasks.items():
+                if task in done:
+                    exc = task.exception()
+                    log.error("%s stopped unexpectedly: %r; shutting down", name, exc)
+                    self.exit_code = 1
+        finally:
+            sdnotify.notify("STOPPING=1")
+            await self._shutdown(tasks)
+            stop_wait.cancel()
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+        return self.exit_code
+
+    async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
+        log.info("shutting down: committing what is in flight")
+        ingest, writer = self.ingest, self.writer
+        if ingest is not None:
+            await ingest.stop()
+        await _cancel(tasks.get("ingest"))
+        if writer is not None and not tasks["store writer"].done():
+            try:
+                async with asyncio.timeout(30):
+                    await writer.drain()
+            except TimeoutError:
+                log.error("store did not drain within 30s; unacknowledged messages stay queued")
+        await _cancel(tasks.get("store writer"))
+        if ingest is not None:
+            await ingest.disconnect()
+        if writer is not None:
+            await writer.close()
+        await _cancel(tasks.get("watchdog"))
+        await _cancel(tasks.get("broker supervisor"))
+        if self.broker is not None:
+            await self.broker.stop()
+        log.info("gateway stopped")
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is None or task.done():
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,156 @@
+"""The SQLite schema and its migrations (docs/schema.md describes every table).
+
+A reading message is one row in ``messages`` (identity, times, flags) and one row per metric in
+``readings`` (value). Storing the identity once per message rather than once per metric keeps rows
+small, which is what an SD card's write budget cares about, and lets the unique key on
+``messages (node_ref, boot, seq)`` make redeliveries duplicates by construction; ``readings``'
+primary key ``(message_id, metric_ref)`` then keeps ``(node_id, boot, seq, metric)`` unique.
+``messages.id`` is assigned in commit order and is the outbox cursor for upstream sinks.
+
+Migrations are append-only: each entry upgrades the schema by one version inside the same
+``BEGIN IMMEDIATE`` transaction that records it in ``schema_version``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "connect", "migrate"]
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the gateway core.
+    """
+    CREATE TABLE nodes (
+        node_ref    INTEGER PRIMARY KEY,
+        node_id     TEXT NOT NULL UNIQUE,
+        first_seen  INTEGER NOT NULL,      -- epoch ms
+        last_seen   INTEGER NOT NULL,
+        state       TEXT,                  -- online | offline | safe_mode, from status messages
+        state_at    INTEGER,
+        fw          TEXT,
+        board       TEXT,
+        boot        INTEGER,
+        ip          TEXT,
+        rssi        INTEGER,
+        mem_free    INTEGER,
+        dropped     INTEGER,
+        synthetic_seq INTEGER NOT NULL DEFAULT 0  -- next seq for firmware without identity
+    );
+    CREATE TABLE metrics (
+        metric_ref  INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE messages (
+        id          INTEGER PRIMARY KEY,   -- commit order: the outbox cursor
+        node_ref    INTEGER NOT NULL REFERENCES nodes,
+        boot        INTEGER NOT NULL,
+        seq         INTEGER NOT NULL,
+        ts          INTEGER NOT NULL,      -- epoch ms of the sample (see flags)
+        received    INTEGER NOT NULL,      -- epoch ms at the gateway
+        uptime_ms   INTEGER,
+        flags       INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE UNIQUE INDEX messages_identity ON messages (node_ref, boot, seq);
+    CREATE INDEX messages_node_ts ON messages (node_ref, ts);
+    CREATE TABLE readings (
+        message_id  INTEGER NOT NULL REFERENCES messages,
+        metric_ref  INTEGER NOT NULL REFERENCES metrics,
+        value       REAL NOT NULL,
+        PRIMARY KEY (message_id, metric_ref)
+    ) WITHOUT ROWID;
+    CREATE TABLE latest (
+        node_ref    INTEGER NOT NULL,
+        metric_ref  INTEGER NOT NULL,
+        ts          INTEGER NOT NULL,
+        value       REAL NOT NULL,
+        message_id  INTEGER NOT NULL,
+        PRIMARY KEY (node_ref, metric_ref)
+    ) WITHOUT ROWID;
+    -- The loss ledger: per node, boot and hour of sample time, which seqs arrived.
+    CREATE TABLE ledger (
+        node_ref    INTEGER NOT NULL,
+        boot        INTEGER NOT NULL,
+        hour        INTEGER NOT NULL,      -- epoch ms of the hour's start
+        min_seq     INTEGER NOT NULL,
+        max_seq     INTEGER NOT NULL,
+        received    INTEGER NOT NULL,      -- distinct messages
+        PRIMARY KEY (node_ref, boot, hour)
+    ) WITHOUT ROWID;
+    -- Per boot: the offset from the node's uptime to epoch time, from its last timed message.
+    CREATE TABLE boots (
+        node_ref    INTEGER NOT NULL,
+        boot        INTEGER NOT NULL,
+        first_seen  INTEGER NOT NULL,
+        time_offset_ms INTEGER,
+        PRIMARY KEY (node_ref, boot)
+    ) WITHOUT ROWID;
+    CREATE TABLE quarantine (
+        id          INTEGER PRIMARY KEY,
+        received    INTEGER NOT NULL,
+        topic       TEXT NOT NULL,
+        node_id     TEXT,
+        reason      TEXT NOT NULL,
+        raw         BLOB NOT NULL,         -- the first ingest.quarantine_raw_bytes bytes
+        raw_len     INTEGER NOT NULL
+    );
+    CREATE TABLE commands (
+        id          TEXT PRIMARY KEY,
+        node_id     TEXT NOT NULL,
+        op          TEXT,
+        body        TEXT,
+        sent_at     INTEGER,
+        acked_at    INTEGER,
+        ok          INTEGER,
+        error       TEXT
+    );
+    CREATE TABLE counters (
+        name        TEXT PRIMARY KEY,
+        value       INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: str, *, synchronous: str = "full", readonly: bool = False) -> sqlite3.Connection:
+    """Open the store with the pragmas every connection needs (WAL, busy timeout)."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to ``SCHEMA_VERSION``; returns the version found before."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version "
+        "(version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
+    )
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    found = int(row[0] or 0)
+    if found > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"the store has schema version {found}, newer than this Roost knows "
+            f"({SCHEMA_VERSION}): upgrade Roost or use another data dir"
+        )
+    for version in range(found + 1, SCHEMA_VERSION + 1):
+        # One script per version, inside the transaction that records it: a crash mid-way
+        # leaves the previous version, never half of this one.
+        stamp = int(time.time() * 1000)
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE; {MIGRATIONS[version - 1]};"
+                f" INSERT INTO schema_version VALUES ({version}, {stamp}); COMMIT;"
+            )
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    return found
