@@ -94,7 +94,7 @@ class MappingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
 
 class IngestSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     max_payload_bytes: Annotated[int, msgspec.Meta(ge=256, le=16 * 1024 * 1024)] = 65536
-    max_pending: Annotated[int, msgspec.Meta(ge=100, le=10_000_000)] = 50_000
+    max_pending: Annotated[int, msgspec.Meta(ge=100, le=10_000_000)] = 10_000
     node_id_pattern: str = NODE_ID_PATTERN
     quarantine_raw_bytes: Annotated[int, msgspec.Meta(ge=0, le=1024 * 1024)] = 4096
     time_sync: bool = True

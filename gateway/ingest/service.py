@@ -160,10 +160,6 @@ class Ingest:
         self.state.last_error = why
 
     async def _serve(self, conn: Connection) -> None:
-        granted = await conn.subscribe(self.filters)
-        for (topic, _), code in zip(self.filters, granted, strict=False):
-            if code >= 0x80:
-                log.error("broker refused subscription %r (reason 0x%02x)", topic, code)
         self.state.connected = True
         self.state.since = time.time()
         self.state.connects += 1
@@ -175,27 +171,44 @@ class Ingest:
             self.settings.mqtt.client_id,
             "resumed" if conn.session_present else "new",
         )
-        await self._publish_gateway_status(conn)
+        # A resumed session starts delivering its backlog at once, before any SUBACK: the pump
+        # must already be running or the read pause would hide the SUBACK from us for good.
+        self._spawn(self._subscribe(conn))
+        self._spawn(self._publish_gateway_status(conn))
         decode = self.decoder.decode
         writer = self.writer
         warn = self._warn
+        # Units of a bounded size: the writer commits one while the next is decoded, and a
+        # backlog arriving in one socket read does not become one huge transaction.
+        chunk = max(1, self.settings.store.batch_max_rows // 4)
         while True:
-            batch = await conn.messages()
+            received_batch = await conn.messages()
             received = now_ms()
-            items = []
-            mids = []
-            for p in batch:
-                decoded = decode(p.topic, p.payload)
-                items.extend(decoded)
-                if p.qos:
-                    mids.append(p.mid)
-                for d in decoded:
-                    if type(d) is Rejected:
-                        warn("quarantined message on %s: %s", d.topic[:200], d.reason)
-            self.state.publishes += len(batch)
-            await writer.submit(
-                Unit(items, received, publishes=len(batch), on_commit=partial(conn.ack, mids))
-            )
+            for start in range(0, len(received_batch), chunk):
+                batch = received_batch[start : start + chunk]
+                items = []
+                mids = []
+                for p in batch:
+                    decoded = decode(p.topic, p.payload)
+                    items.extend(decoded)
+                    if p.qos:
+                        mids.append(p.mid)
+                    for d in decoded:
+                        if type(d) is Rejected:
+                            warn("quarantined message on %s: %s", d.topic[:200], d.reason)
+                self.state.publishes += len(batch)
+                await writer.submit(
+                    Unit(items, received, publishes=len(batch), on_commit=partial(conn.ack, mids))
+                )
+
+    async def _subscribe(self, conn: Connection) -> None:
+        try:
+            granted = await conn.subscribe(self.filters)
+        except MqttError:
+            return  # the pump sees the same failure and reconnects
+        for (topic, _), code in zip(self.filters, granted, strict=False):
+            if code >= 0x80:
+                log.error("broker refused subscription %r (reason 0x%02x)", topic, code)
 
     async def _publish_gateway_status(self, conn: Connection) -> None:
         payload = msgspec.json.encode({"state": "online", "ts": now_ms()})
