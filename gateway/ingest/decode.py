@@ -11,7 +11,6 @@ the root is rejected with a reason, never dropped silently.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from typing import Annotated
@@ -73,20 +72,10 @@ _ack_decoder = msgspec.json.Decoder(_Ack)
 Decoded = Message | NodeStatus | CommandAck | Rejected
 
 
-def _as_message(node_id: str, r: _Reading) -> Message | str:
-    # msgspec already refuses JSON's non-standard NaN/Infinity and out-of-range numbers;
-    # this catches finite-but-overflowing values such as 1e308 * 10 written as a literal.
-    for value in r.m.values():
-        if not math.isfinite(value):
-            return "metric value is not a finite number"
-    return Message(
-        node_id=node_id,
-        boot=r.b,
-        seq=r.s,
-        t=r.t,
-        uptime_ms=r.u,
-        metrics=tuple(r.m.items()),
-    )
+def _as_message(node_id: str, r: _Reading) -> Message:
+    # Every float is finite here: JSON has no NaN or Infinity literals (msgspec refuses them as
+    # malformed) and a literal too large for a double is refused as out of range.
+    return Message(node_id, r.b, r.s, r.t, r.u, tuple(r.m.items()))
 
 
 def decode_readings(topic: str, node_id: str, payload: bytes) -> list[Message | Rejected]:
@@ -105,11 +94,7 @@ def decode_readings(topic: str, node_id: str, payload: bytes) -> list[Message | 
     items: Sequence[_Reading] = decoded if isinstance(decoded, list) else (decoded,)
     if not items:
         return [Rejected(topic, payload, "empty reading array", node_id)]
-    out: list[Message | Rejected] = []
-    for r in items:
-        m = _as_message(node_id, r)
-        out.append(m if isinstance(m, Message) else Rejected(topic, payload, m, node_id))
-    return out
+    return [_as_message(node_id, r) for r in items]
 
 
 def _decode_elementwise(topic: str, node_id: str, payload: bytes) -> list[Message | Rejected]:
@@ -121,11 +106,9 @@ def _decode_elementwise(topic: str, node_id: str, payload: bytes) -> list[Messag
     for i, raw in enumerate(raws):
         element = bytes(raw)
         try:
-            m = _as_message(node_id, _one_reading_decoder.decode(element))
+            out.append(_as_message(node_id, _one_reading_decoder.decode(element)))
         except msgspec.ValidationError as exc:
             out.append(Rejected(topic, element, f"invalid reading at [{i}]: {exc}", node_id))
-            continue
-        out.append(m if isinstance(m, Message) else Rejected(topic, element, m, node_id))
     return out
 
 

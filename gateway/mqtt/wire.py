@@ -10,6 +10,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+import msgspec
+
 __all__ = [
     "CONNACK",
     "DISCONNECT",
@@ -165,8 +167,7 @@ def encode_disconnect() -> bytes:
     return bytes((DISCONNECT, 0))
 
 
-@dataclass(frozen=True, slots=True)
-class Publish:
+class Publish(msgspec.Struct, frozen=True, gc=False):
     """An inbound PUBLISH. ``mid`` is 0 for QoS 0."""
 
     topic: str
@@ -177,8 +178,7 @@ class Publish:
     retain: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Packet:
+class Packet(msgspec.Struct, frozen=True, gc=False):
     """Any other inbound packet: its type nibble and body."""
 
     kind: int
@@ -252,6 +252,8 @@ class PacketParser:
                 plen = 0
                 shift = 0
                 while True:
+                    if j >= stop:
+                        raise ProtocolError("PUBLISH truncated before its properties")
                     byte = buf[j]
                     j += 1
                     plen |= (byte & 0x7F) << shift

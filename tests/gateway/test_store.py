@@ -1,0 +1,131 @@
+"""The store writer on a real SQLite file, without a broker."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.model import CommandAck, Message, NodeStatus, Rejected
+from gateway.store import schema
+from gateway.store.reader import open_readonly, read_nodes, read_stats
+from gateway.store.writer import CommitResult, StoreWriter, Unit
+
+
+def msg(node: str, boot: int, seq: int, t: int | None = None, u: int | None = None,
+        **metrics: float) -> Message:
+    return Message(node, boot, seq, t, u, tuple((metrics or {"temp_c": 1.0}).items()))
+
+
+@pytest.fixture
+async def writer(tmp_path: Path):  # type: ignore[no-untyped-def]
+    w = StoreWriter(tmp_path / "roost.sqlite3", quarantine_raw_bytes=8)
+    await w.open()
+    yield w
+    await w.close()
+
+
+async def commit(w: StoreWriter, *items: object, at: int = 1_000_000) -> CommitResult:
+    results: list[CommitResult] = []
+    w.add_listener(results.append)
+    acked: list[bool] = []
+    await w._commit_with_retry([Unit(list(items), at, on_commit=lambda: acked.append(True))])  # type: ignore[arg-type]
+    w._listeners.remove(results.append)
+    assert acked == [True]
+    return results[0]
+
+
+async def test_duplicates_within_and_across_batches(writer: StoreWriter, tmp_path: Path) -> None:
+    r = await commit(writer, msg("a", 1, 0), msg("a", 1, 1), msg("a", 1, 0))
+    assert (r.messages, r.stored, r.duplicates, r.rows) == (3, 2, 1, 2)
+    r = await commit(writer, msg("a", 1, 1), msg("a", 2, 1), msg("b", 1, 1))
+    assert (r.stored, r.duplicates) == (2, 1)
+    conn = open_readonly(tmp_path)
+    s = read_stats(conn, tmp_path)
+    assert (s.messages, s.stored, s.duplicates, s.rows, s.nodes) == (6, 4, 2, 4, 2)
+    assert s.db_bytes > 0
+
+
+async def test_ledger_counts_gaps_per_boot(writer: StoreWriter, tmp_path: Path) -> None:
+    await commit(writer, *[msg("a", 1, s) for s in (0, 1, 4)], *[msg("a", 2, s) for s in (0, 2)])
+    conn = open_readonly(tmp_path)
+    assert read_stats(conn).seq_gaps == 2 + 1
+    (node,) = read_nodes(conn)
+    assert (node.node_id, node.messages, node.lost) == ("a", 5, 3)
+
+
+async def test_time_derivation_and_flags(writer: StoreWriter, tmp_path: Path) -> None:
+    await commit(writer, msg("a", 1, 0, t=10_000_000, u=1_000))
+    await commit(writer, msg("a", 1, 1, u=61_000), msg("a", 2, 0, u=5), at=77)
+    conn = sqlite3.connect(tmp_path / "roost.sqlite3")
+    rows = conn.execute("SELECT boot, seq, ts, flags FROM messages ORDER BY id").fetchall()
+    assert rows == [(1, 0, 10_000_000, 0), (1, 1, 10_060_000, 1), (2, 0, 77, 2)]
+
+
+async def test_latest_values_follow_sample_time(writer: StoreWriter, tmp_path: Path) -> None:
+    await commit(writer, msg("a", 1, 1, t=2000, temp_c=2.0))
+    await commit(writer, msg("a", 1, 0, t=1000, temp_c=1.0))  # late arrival of an older reading
+    conn = sqlite3.connect(tmp_path / "roost.sqlite3")
+    assert conn.execute("SELECT ts, value FROM latest").fetchall() == [(2000, 2.0)]
+
+
+async def test_status_ack_and_quarantine(writer: StoreWriter, tmp_path: Path) -> None:
+    r = await commit(
+        writer,
+        NodeStatus("a", "online", fw="1.0", board="esp32", boot=3, rssi=-50),
+        CommandAck("a", "c1", False, "nope"),
+        Rejected("roost/v1/a/readings", b"0123456789abcdef", "bad", "a"),
+    )
+    assert r.quarantined == 1 and [s.state for s in r.statuses] == ["online"]
+    await commit(writer, NodeStatus("a", "offline"))
+    conn = sqlite3.connect(tmp_path / "roost.sqlite3")
+    assert conn.execute("SELECT state, fw, board, boot, rssi FROM nodes").fetchone() == (
+        "offline", "1.0", "esp32", 3, -50)
+    assert conn.execute("SELECT ok, error FROM commands WHERE id='c1'").fetchone() == (0, "nope")
+    assert conn.execute("SELECT raw, raw_len FROM quarantine").fetchone() == (b"01234567", 16)
+
+
+async def test_synthetic_ids_continue_across_restarts(tmp_path: Path) -> None:
+    mapped = Message("tas", None, None, None, None, (("x", 1.0),), 12)
+    for _ in range(2):
+        w = StoreWriter(tmp_path / "roost.sqlite3")
+        await w.open()
+        await commit(w, mapped, mapped)
+        await w.close()
+    conn = sqlite3.connect(tmp_path / "roost.sqlite3")
+    assert [r[0] for r in conn.execute("SELECT seq FROM messages ORDER BY id")] == [0, 1, 2, 3]
+
+
+async def test_failed_commit_is_retried_and_leaves_no_trace(writer: StoreWriter,
+                                                            tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.store import writer as wm
+
+    real = wm._commit
+    calls = 0
+
+    def fail_once_midway(state, units):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            state.conn.execute("BEGIN IMMEDIATE")
+            state.conn.execute("INSERT INTO metrics (name) VALUES ('ghost')")
+            state.conn.execute("ROLLBACK")
+            state.forget()
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(state, units)
+
+    monkeypatch.setattr(wm, "_commit", fail_once_midway)
+    r = await commit(writer, msg("a", 1, 0))
+    assert calls == 2 and r.stored == 1 and writer.commit_errors == 1
+
+
+def test_migrations_are_idempotent_and_refuse_newer(tmp_path: Path) -> None:
+    conn = schema.connect(str(tmp_path / "s.db"))
+    assert schema.migrate(conn) == 0
+    assert schema.migrate(conn) == schema.SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.execute("INSERT INTO schema_version VALUES (999, 0)")
+    with pytest.raises(RuntimeError, match="newer"):
+        schema.migrate(conn)
