@@ -247,15 +247,15 @@ async def test_time_command_sent_on_birth(gateway: Gateway, broker: ManagedBroke
 async def test_no_puback_before_commit(gateway: Gateway, broker: ManagedBroker, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """While commits fail, nothing is acknowledged: the broker redelivers after a reconnect."""
-    real = writer_module._commit
+    real = writer_module._execute
     failing = True
 
-    def flaky(state, units):  # type: ignore[no-untyped-def]
+    def flaky(*args):  # type: ignore[no-untyped-def]
         if failing:
             raise sqlite3.OperationalError("database or disk is full")
-        return real(state, units)
+        return real(*args)
 
-    monkeypatch.setattr(writer_module, "_commit", flaky)
+    monkeypatch.setattr(writer_module, "_execute", flaky)
     await pub(broker, [("roost/v1/held/readings", reading(1, 0))])
     assert gateway.writer is not None and gateway.ingest is not None
     await wait_for(lambda: gateway.writer.commit_errors >= 1, what="a failed commit")

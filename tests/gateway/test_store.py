@@ -102,23 +102,30 @@ async def test_failed_commit_is_retried_and_leaves_no_trace(writer: StoreWriter,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from gateway.store import writer as wm
 
-    real = wm._commit
+    real = wm._execute
     calls = 0
 
-    def fail_once_midway(state, units):  # type: ignore[no-untyped-def]
+    def fail_once_midway(conn, plan, derived, raw_limit):  # type: ignore[no-untyped-def]
         nonlocal calls
         calls += 1
         if calls == 1:
-            state.conn.execute("BEGIN IMMEDIATE")
-            state.conn.execute("INSERT INTO metrics (name) VALUES ('ghost')")
-            state.conn.execute("ROLLBACK")
-            state.forget()
+            # Fail after part of the transaction was written: nothing of it may remain.
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT INTO nodes (node_ref, node_id, first_seen, last_seen) "
+                             "VALUES (?, ?, ?, ?)", plan.new_nodes)
+            conn.execute("ROLLBACK")
             raise sqlite3.OperationalError("disk I/O error")
-        return real(state, units)
+        return real(conn, plan, derived, raw_limit)
 
-    monkeypatch.setattr(wm, "_commit", fail_once_midway)
-    r = await commit(writer, msg("a", 1, 0))
-    assert calls == 2 and r.stored == 1 and writer.commit_errors == 1
+    monkeypatch.setattr(wm, "_execute", fail_once_midway)
+    r = await commit(writer, msg("a", 1, 0), msg("b", 1, 0))
+    assert calls == 2 and r.stored == 2 and writer.commit_errors == 1
+    # The catalog was reloaded: the next commit still finds its references.
+    r = await commit(writer, msg("a", 1, 1), msg("c", 1, 0))
+    assert r.stored == 2
+    conn = sqlite3.connect(tmp_path / "roost.sqlite3")
+    assert conn.execute("SELECT node_id, node_ref FROM nodes ORDER BY node_ref").fetchall() == [
+        ("a", 1), ("b", 2), ("c", 3)]
 
 
 def test_migrations_are_idempotent_and_refuse_newer(tmp_path: Path) -> None:
