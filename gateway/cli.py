@@ -34,7 +34,7 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int) -> None:
-    err.print(f"[bold red]roost:[/] {message}", highlight=False)
+    err.print(f"[bold red]roost:[/] {message}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Sets up Roost on a Debian/Ubuntu/Raspberry Pi OS machine with Python 3.11+:
+# system packages through apt when missing, a virtual environment in .venv, Roost in it.
+#   ./setup.sh          what `roost run` / `roost demo` need
+#   ./setup.sh --test   plus what the test suite needs
+set -euo pipefail
+cd "$(dirname "$0")"
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+sudo_cmd=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then sudo_cmd="sudo"; else
+    echo "setup.sh: not root and no sudo: install the packages below by hand" >&2; fi
+fi
+
+# System packages: mosquitto (the managed broker) and its clients (tests, benchmarks).
+pkgs=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || pkgs+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || pkgs+=(mosquitto-clients)
+command -v sqlite3 >/dev/null 2>&1 || pkgs+=(sqlite3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv)
+if [ ${#pkgs[@]} -gt 0 ]; then
+  say "installing ${pkgs[*]} with apt"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
+fi
+# The Debian package starts a system mosquitto on port 1883 where systemd runs; Roost's managed
+# broker then needs another port (roost run --mqtt-port 1884) or can use it (--mqtt-url).
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "setup.sh: Roost needs Python 3.11 or newer; set PYTHON=/path/to/python3.11" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+extra=""
+[ $want_test -eq 1 ] && extra="[test]"
+say "installing roost${extra} into .venv"
+.venv/bin/python -m pip install -q -e ".${extra}"
+say "ready: .venv/bin/roost --help"
