@@ -43,6 +43,8 @@ __all__ = ["CommitResult", "StoreWriter", "StoredMessage", "Unit", "now_ms"]
 
 log = logging.getLogger("roost.store")
 
+T = TypeVar("T")
+
 
 @dataclass(slots=True)
 class Unit:
@@ -374,6 +376,30 @@ class StoreWriter:
                 fn(result)
             except Exception:
                 log.exception("store listener failed")
+
+    async def execute(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``job(conn)`` on the store thread inside one ``BEGIN IMMEDIATE`` transaction.
+
+        The way for other parts of the gateway (rollup catalog, retention, command records) to
+        write: serialised with ingest's commits on the one connection, committed when ``job``
+        returns, rolled back when it raises. ``job`` must not touch the tables the ingest
+        catalog caches in a way that changes references (nodes, metrics, message ids).
+        """
+        conn = self._conn
+        assert conn is not None, "open() first"
+
+        def run() -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = job(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return out
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
     async def close(self) -> None:
         """Close the connection (after ``drain`` and cancelling ``run``)."""

@@ -136,3 +136,20 @@ def test_migrations_are_idempotent_and_refuse_newer(tmp_path: Path) -> None:
     conn.execute("INSERT INTO schema_version VALUES (999, 0)")
     with pytest.raises(RuntimeError, match="newer"):
         schema.migrate(conn)
+
+
+async def test_execute_runs_a_job_in_one_transaction(writer: StoreWriter, tmp_path: Path) -> None:
+    def job(conn: sqlite3.Connection) -> int:
+        conn.execute("INSERT INTO counters VALUES ('custom', 5)")
+        return 42
+
+    assert await writer.execute(job) == 42
+
+    def failing(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE counters SET value = 0 WHERE name = 'custom'")
+        raise ValueError("nope")
+
+    with pytest.raises(ValueError):
+        await writer.execute(failing)
+    conn = sqlite3.connect(tmp_path / "roost.sqlite3")
+    assert conn.execute("SELECT value FROM counters WHERE name='custom'").fetchone() == (5,)
