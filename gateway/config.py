@@ -29,8 +29,11 @@ from gateway.ingest.mapping import MappingRule
 __all__ = [
     "DEFAULT_SEARCH",
     "ConfigError",
+    "KafkaSinkSettings",
+    "MqttSinkSettings",
     "MqttTarget",
     "Settings",
+    "SinkSettings",
     "load_settings",
     "masked",
     "parse_mqtt_url",
@@ -101,6 +104,48 @@ class IngestSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     mappings: list[MappingSettings] = msgspec.field(default_factory=list)
 
 
+class _SinkBase(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")]
+    enabled: bool = True
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    rate_limit_rps: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    rate_limit_bps: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    backoff_max_s: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 60.0
+    live_share: Annotated[float, msgspec.Meta(ge=0, le=0.9)] = 0.0
+
+
+class MqttSinkSettings(
+    _SinkBase, frozen=True, forbid_unknown_fields=True, kw_only=True, tag_field="type", tag="mqtt"
+):
+    url: str
+    topic: str = "roost/{gateway}/{node_id}/readings"
+    status_topic: str = "roost/{gateway}/status"
+    client_id: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    tls_insecure: bool = False
+    window: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 200
+
+
+class KafkaSinkSettings(
+    _SinkBase, frozen=True, forbid_unknown_fields=True, kw_only=True, tag_field="type", tag="kafka"
+):
+    bootstrap: Annotated[str, msgspec.Meta(min_length=1)]
+    topic: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,249}$")] = "roost.readings"
+    compression: Literal["none", "gzip", "lz4", "snappy", "zstd"] = "gzip"
+    idempotence: bool = False
+    linger_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 5
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: str = ""
+    ca_file: str = ""
+
+
+SinkSettings = MqttSinkSettings | KafkaSinkSettings
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole effective configuration."""
 
@@ -109,6 +154,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     ingest: IngestSettings = msgspec.field(default_factory=IngestSettings)
+    sinks: list[SinkSettings] = msgspec.field(default_factory=list)
 
     @property
     def data_dir(self) -> Path:
@@ -283,6 +329,32 @@ def _check(s: Settings) -> None:
             MappingRule(m.name, m.topic, m.payload, m.node, m.metric, dict(m.rename))
         except ValueError as exc:
             raise ConfigError(f"{where}", str(exc), "see docs/settings.md, mappings") from None
+    sink_names: set[str] = set()
+    for i, sink in enumerate(s.sinks):
+        where = f"sinks[{i}]"
+        if sink.name in sink_names:
+            raise ConfigError(
+                f"{where}.name", f"{sink.name!r} is used twice", "name sinks uniquely"
+            )
+        sink_names.add(sink.name)
+        if isinstance(sink, MqttSinkSettings):
+            parse_mqtt_url(sink.url, f"{where}.url")
+            if "{node_id}" not in sink.topic:
+                raise ConfigError(
+                    f"{where}.topic",
+                    "has no {node_id}",
+                    "write e.g. roost/{gateway}/{node_id}/readings",
+                )
+            if bool(sink.cert_file) != bool(sink.key_file):
+                raise ConfigError(
+                    f"{where}.cert_file",
+                    "a client certificate needs both cert_file and key_file",
+                    "set both or neither",
+                )
+        for attr in ("ca_file", "cert_file", "key_file"):
+            path = getattr(sink, attr, "")
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{where}.{attr}", f"{path!r} does not exist", "give a PEM file")
     data_dir = s.data_dir
     if data_dir.exists() and not data_dir.is_dir():
         raise ConfigError(

@@ -21,6 +21,9 @@ from gateway.config import MqttTarget, Settings, parse_mqtt_url
 from gateway.ingest.service import Ingest
 from gateway.store.reader import db_path
 from gateway.store.writer import StoreWriter
+from gateway.sync.outbox import Outbox
+from gateway.sync.runner import SinkRunner
+from gateway.sync.sink import create as create_sink
 
 __all__ = ["Gateway", "GatewayInfo"]
 
@@ -44,6 +47,7 @@ class Gateway:
         self.broker: ManagedBroker | None = None
         self.writer: StoreWriter | None = None
         self.ingest: Ingest | None = None
+        self.sinks: list[SinkRunner] = []
         self._stop = asyncio.Event()
         self.exit_code = 0
 
@@ -95,6 +99,23 @@ class Gateway:
             tasks["broker supervisor"] = asyncio.create_task(
                 self.broker.supervise(), name="broker-supervisor"
             )
+        # Upstream sync: one runner per enabled sink, each with its own outbox reader.
+        for sink_settings in s.sinks:
+            if not sink_settings.enabled:
+                continue
+            outbox = Outbox(db_path(data_dir))
+            await outbox.open()
+            runner = SinkRunner(
+                sink_settings,
+                create_sink(sink_settings, s.gateway.name),
+                writer,
+                outbox,
+                s.gateway.name,
+            )
+            self.sinks.append(runner)
+            tasks[f"sink {sink_settings.name}"] = asyncio.create_task(
+                runner.run(), name=f"sink-{sink_settings.name}"
+            )
         stop_wait = asyncio.create_task(self._stop.wait(), name="stop")
         sdnotify.notify("READY=1")
         log.info("gateway %r running: broker %s, data in %s", s.gateway.name, broker_url, data_dir)
@@ -125,6 +146,10 @@ class Gateway:
         if ingest is not None:
             await ingest.stop()
         await _cancel(tasks.get("ingest"))
+        # Sinks stop before the store closes; a batch written but not yet recorded is resent.
+        for runner in self.sinks:
+            await _cancel(tasks.get(f"sink {runner.settings.name}"))
+            await runner.outbox.close()
         if writer is not None and not tasks["store writer"].done():
             try:
                 async with asyncio.timeout(30):

@@ -28,6 +28,7 @@ __all__ = [
     "Connection",
     "ConnectionLost",
     "MqttError",
+    "PublishRejected",
 ]
 
 
@@ -36,7 +37,8 @@ class MqttError(Exception):
 
     MqttError
     ├── ConnectRefused   the broker answered CONNECT with a failure reason code
-    └── ConnectionLost   the link died (socket error, protocol error, keepalive timeout)
+    ├── ConnectionLost   the link died (socket error, protocol error, keepalive timeout)
+    └── PublishRejected  the broker refused one QoS1 message (reason code >= 0x80)
     """
 
 
@@ -54,6 +56,15 @@ class ConnectRefused(MqttError):
 
 class ConnectionLost(MqttError):
     pass
+
+
+class PublishRejected(MqttError):
+    """The broker answered a QoS1 PUBLISH with a failure reason code (MQTT 5)."""
+
+    def __init__(self, topic: str, reason: int) -> None:
+        super().__init__(f"broker rejected the publish to {topic!r} (reason 0x{reason:02x})")
+        self.topic = topic
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +261,7 @@ class Connection:
         self._write(wire.encode_publish(topic, payload, qos=1, mid=mid, retain=retain))
         reason = await fut
         if reason >= 0x80:
-            raise MqttError(f"broker rejected the publish to {topic!r} (reason 0x{reason:02x})")
+            raise PublishRejected(topic, reason)
 
     async def _drain(self) -> None:
         await self._writable.wait()

@@ -109,6 +109,33 @@ MIGRATIONS: tuple[str, ...] = (
         value       INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 2: upstream sync (gateway/sync): one durable cursor per sink, and the dead letters.
+    """
+    CREATE TABLE sink_cursors (
+        name        TEXT PRIMARY KEY,
+        type        TEXT NOT NULL,
+        cursor      INTEGER NOT NULL DEFAULT 0,   -- every messages.id <= cursor is delivered
+        live_from   INTEGER,                      -- while a backlog drains: the frozen head
+        live_cursor INTEGER,                      -- delivered up to here above live_from
+        delivered   INTEGER NOT NULL DEFAULT 0,
+        dead_letters INTEGER NOT NULL DEFAULT 0,
+        state       TEXT,
+        last_error  TEXT,
+        updated     INTEGER
+    );
+    CREATE TABLE dead_letters (
+        id          INTEGER PRIMARY KEY,
+        sink        TEXT NOT NULL,
+        message_id  INTEGER NOT NULL,
+        node_id     TEXT NOT NULL,
+        boot        INTEGER NOT NULL,
+        seq         INTEGER NOT NULL,
+        payload     BLOB NOT NULL,
+        reason      TEXT NOT NULL,
+        at          INTEGER NOT NULL
+    );
+    CREATE INDEX dead_letters_sink ON dead_letters (sink, id);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
