@@ -22,6 +22,8 @@ pkgs=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || pkgs+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || pkgs+=(mosquitto-clients)
 command -v sqlite3 >/dev/null 2>&1 || pkgs+=(sqlite3)
+# openssl: the sync tests make a CA and a server certificate for the TLS cloud broker.
+[ $want_test -eq 1 ] && ! command -v openssl >/dev/null 2>&1 && pkgs+=(openssl)
 python3 -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv)
 if [ ${#pkgs[@]} -gt 0 ]; then
   say "installing ${pkgs[*]} with apt"
