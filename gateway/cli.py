@@ -23,7 +23,13 @@ from rich.table import Table
 
 from gateway.broker.managed import BrokerError
 from gateway.config import ConfigError, Settings, load_settings, masked
-from gateway.store.reader import StoreMissing, open_readonly, read_nodes, read_stats
+from gateway.store.reader import (
+    StoreMissing,
+    open_readonly,
+    read_nodes,
+    read_sinks,
+    read_stats,
+)
 
 __all__ = ["main"]
 
@@ -186,8 +192,11 @@ def _when(ms: int | None) -> str:
 def stats(conn: Any, data_dir: Path, as_json: bool) -> None:
     """Totals as stored: messages, reading rows, duplicates, quarantined, nodes, seq gaps."""
     s = read_stats(conn, data_dir)
+    sinks = read_sinks(conn)
     if as_json:
-        click.echo(json.dumps(msgspec.to_builtins(s)))
+        click.echo(
+            json.dumps({**msgspec.to_builtins(s), "sinks": [msgspec.to_builtins(k) for k in sinks]})
+        )
         return
     table = Table(title=f"Roost store {data_dir}", show_header=False)
     labels = {
@@ -206,6 +215,30 @@ def stats(conn: Any, data_dir: Path, as_json: bool) -> None:
     for key, label in labels.items():
         table.add_row(label, f"{getattr(s, key):,}")
     Console().print(table)
+    if sinks:
+        sync = Table(title="Upstream sync")
+        for col in (
+            "sink",
+            "state",
+            "delivered",
+            "backlog",
+            "oldest waiting",
+            "dead letters",
+            "last error",
+        ):
+            sync.add_column(col)
+        for k in sinks:
+            age = "-" if k.oldest_undelivered_ms is None else _when(k.oldest_undelivered_ms)
+            sync.add_row(
+                f"{k.name} ({k.type})",
+                k.state or "-",
+                f"{k.delivered:,}",
+                f"{k.backlog:,}",
+                age,
+                f"{k.dead_letters:,}",
+                k.last_error or "",
+            )
+        Console().print(sync)
 
 
 @main.command()

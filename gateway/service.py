@@ -146,7 +146,13 @@ class Gateway:
         if ingest is not None:
             await ingest.stop()
         await _cancel(tasks.get("ingest"))
-        # Sinks stop before the store closes; a batch written but not yet recorded is resent.
+        # Sinks finish and record the batch in flight (a few seconds at most), then stop;
+        # one cut off after the target acked it is resent next time (at least once).
+        for runner in self.sinks:
+            runner.stop()
+        sink_tasks = [tasks[f"sink {r.settings.name}"] for r in self.sinks]
+        if sink_tasks:
+            await asyncio.wait(sink_tasks, timeout=5)
         for runner in self.sinks:
             await _cancel(tasks.get(f"sink {runner.settings.name}"))
             await runner.outbox.close()

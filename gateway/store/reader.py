@@ -123,3 +123,39 @@ def read_nodes(conn: sqlite3.Connection) -> list[NodeRow]:
         """
     ).fetchall()
     return [NodeRow(*r) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class SinkRow:
+    """One upstream sink's sync state as last recorded by its runner."""
+
+    name: str
+    type: str
+    state: str | None
+    last_error: str | None
+    cursor: int
+    delivered: int
+    dead_letters: int
+    backlog: int
+    oldest_undelivered_ms: int | None
+    updated: int | None
+
+
+def read_sinks(conn: sqlite3.Connection) -> list[SinkRow]:
+    """Sync state per sink; the backlog is counted from the store, not from the target."""
+    try:
+        rows = conn.execute(
+            "SELECT name, type, state, last_error, cursor, delivered, dead_letters, updated "
+            "FROM sink_cursors ORDER BY name"
+        ).fetchall()
+    except sqlite3.OperationalError:
+        return []  # a store from before upstream sync
+    out = []
+    for name, kind, state, error, cursor, delivered, dead, updated in rows:
+        backlog, oldest = conn.execute(
+            "SELECT count(*), min(received) FROM messages WHERE id > ?", (cursor,)
+        ).fetchone()
+        out.append(
+            SinkRow(name, kind, state, error, cursor, delivered, dead, backlog, oldest, updated)
+        )
+    return out

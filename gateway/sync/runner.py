@@ -86,7 +86,15 @@ class SinkRunner:
         self._strikes: dict[tuple[int, int], int] = {}
         self._single_strikes: dict[int, int] = {}
         self._probe_until = 0
+        self._stopping = False
+        self._stop_event = asyncio.Event()
         writer.add_listener(self._on_commit)
+
+    def stop(self) -> None:
+        """Finish the batch in flight (record its cursor), then return from ``run``."""
+        self._stopping = True
+        self._wake.set()
+        self._stop_event.set()
 
     def _on_commit(self, result: CommitResult) -> None:
         if result.stored:
@@ -106,7 +114,7 @@ class SinkRunner:
         failures = 0
         connected = False
         try:
-            while True:
+            while not self._stopping:
                 if not connected:
                     try:
                         await self.sink.connect()
@@ -119,6 +127,8 @@ class SinkRunner:
                     self._set_state("online", None)
                 batch, live = await self._next_batch()
                 if not batch:
+                    if self._stopping:
+                        break
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(5.0):
@@ -300,7 +310,9 @@ class SinkRunner:
         with contextlib.suppress(sqlite3.Error):
             await self._save()
         await self._refresh_backlog()
-        await asyncio.sleep(delay)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._stop_event.wait()
 
     async def _refresh_backlog(self) -> None:
         with contextlib.suppress(sqlite3.Error):

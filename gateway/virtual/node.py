@@ -304,6 +304,6 @@ class VirtualNode:
                 continue  # no watchdog started yet, or caught mid-write
             if timeout_ms and age * 1000 > timeout_ms:
                 log.info("%s: watchdog expired", self.directory.name)
-                self._event("wdt", timeout_ms=timeout_ms)
+                self._event("wdt_expired", timeout_ms=timeout_ms)
                 await self._kill(ResetCause.WDT)
                 return

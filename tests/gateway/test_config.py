@@ -120,6 +120,11 @@ def test_every_setting_is_documented() -> None:
                 missing.append(f"{section}.{key}")
             if key != "mappings" and f"`{cfg.env_name(section, key)}`" not in doc:
                 missing.append(cfg.env_name(section, key))
+    sync_doc = (REPO / "docs" / "sync.md").read_text()
+    for struct in (cfg.MqttSinkSettings, cfg.KafkaSinkSettings):
+        for key in struct.__struct_fields__:
+            if f"`{key}`" not in sync_doc:
+                missing.append(f"sinks.{key} (docs/sync.md)")
     for key in cfg.MappingSettings.__struct_fields__:
         if not re.search(rf"`{key}`", doc):
             missing.append(f"ingest.mappings.{key}")

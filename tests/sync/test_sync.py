@@ -102,6 +102,15 @@ async def test_mqtt_sink_over_tls_delivers_everything_in_order(
     cursor, delivered, dead, _ = sink_row(tmp_path / "data", "cloud")
     assert delivered == 600 and dead == 0
     assert cursor == count(tmp_path / "data", "SELECT max(id) FROM messages")
+    # The sync state as `roost stats` shows it.
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "gateway", "stats", "--json", "--data-dir",
+                          str(tmp_path / "data")], capture_output=True, text=True, check=True)
+    (sink,) = json.loads(out.stdout)["sinks"]
+    assert (sink["name"], sink["type"], sink["delivered"], sink["backlog"]) == (
+        "cloud", "mqtt", 600, 0)
 
 
 async def test_kafka_sink_keys_headers_and_order(
