@@ -19,7 +19,7 @@ EXIT_RESET = 42  # exit status that tells the supervisor "machine.reset() was ca
 
 def unique_id():
     h = os.getenv("ROOST_UNIQUE_ID") or "e6614103e7452d2f"
-    return bytes(int(h[i:i + 2], 16) for i in range(0, len(h), 2))
+    return bytes(int(h[i : i + 2], 16) for i in range(0, len(h), 2))
 
 
 def reset_cause():
@@ -77,6 +77,7 @@ class Pin:
         if v != self._v:
             _hostctl.event("pin", pin=str(self.id), v=v)
         self._v = v
+        return None
 
     __call__ = value
 
@@ -116,7 +117,7 @@ class WDT:
 
     def __init__(self, id=0, timeout=5000):
         self.timeout = timeout
-        _hostctl.event("wdt", timeout=timeout)
+        _hostctl.event("wdt_start", timeout_ms=timeout)
         self.feed()
 
     def feed(self):
@@ -129,8 +130,34 @@ class WDT:
 class _BME280:
     # Calibration words from the Bosch datasheet's worked example (T and P) and a typical part
     # (H); raw values wander around figures that compensate to about 21 C, 1006 hPa, 45 %.
-    CAL = bytes([0x70, 0x6B, 0x43, 0x67, 0x18, 0xFC, 0x7D, 0x8E, 0x43, 0xD6, 0xD0, 0x0B,
-                 0x27, 0x0B, 0x8C, 0x00, 0xF9, 0xFF, 0x8C, 0x3C, 0xF8, 0xC6, 0x70, 0x17])
+    CAL = bytes(
+        [
+            0x70,
+            0x6B,
+            0x43,
+            0x67,
+            0x18,
+            0xFC,
+            0x7D,
+            0x8E,
+            0x43,
+            0xD6,
+            0xD0,
+            0x0B,
+            0x27,
+            0x0B,
+            0x8C,
+            0x00,
+            0xF9,
+            0xFF,
+            0x8C,
+            0x3C,
+            0xF8,
+            0xC6,
+            0x70,
+            0x17,
+        ]
+    )
     CAL_H1 = 75
     CAL_H = bytes([0x6A, 0x01, 0x00, 0x13, 0x2A, 0x03, 0x1E])
 
@@ -150,8 +177,18 @@ class _BME280:
             t = int(_hostctl.walk("bme_t", 506930, 60, 480000, 540000))
             p = int(_hostctl.walk("bme_p", 415148, 40, 380000, 450000))
             h = int(_hostctl.walk("bme_h", 28000, 40, 20000, 36000))
-            return bytes([p >> 12, (p >> 4) & 0xFF, (p & 0xF) << 4,
-                          t >> 12, (t >> 4) & 0xFF, (t & 0xF) << 4, h >> 8, h & 0xFF])[:n]
+            return bytes(
+                [
+                    p >> 12,
+                    (p >> 4) & 0xFF,
+                    (p & 0xF) << 4,
+                    t >> 12,
+                    (t >> 4) & 0xFF,
+                    (t & 0xF) << 4,
+                    h >> 8,
+                    h & 0xFF,
+                ]
+            )[:n]
         return bytes(n)
 
     def write(self, reg, data):

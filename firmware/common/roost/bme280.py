@@ -21,9 +21,14 @@ class BME280:
         e = self._rd(0xE1, 7)
         h4 = (e[3] << 4) | (e[4] & 0x0F)
         h5 = (e[5] << 4) | (e[4] >> 4)
-        self._h = (h1, struct.unpack("<h", e[0:2])[0], e[2],
-                   h4 - 4096 if h4 > 2047 else h4, h5 - 4096 if h5 > 2047 else h5,
-                   e[6] - 256 if e[6] > 127 else e[6])
+        self._h = (
+            h1,
+            struct.unpack("<h", e[0:2])[0],
+            e[2],
+            h4 - 4096 if h4 > 2047 else h4,
+            h5 - 4096 if h5 > 2047 else h5,
+            e[6] - 256 if e[6] > 127 else e[6],
+        )
         i2c.writeto_mem(addr, 0xF2, b"\x01")  # humidity x1 (takes effect with ctrl_meas)
         i2c.writeto_mem(addr, 0xF5, b"\xa0")  # standby 1000 ms, filter off
         i2c.writeto_mem(addr, 0xF4, b"\x27")  # temp x1, pressure x1, normal mode
@@ -35,7 +40,7 @@ class BME280:
         """Raw ADC values -> (temp_c, pressure_pa, rh_pct), datasheet section 8.1."""
         t1, t2, t3 = self._t
         v1 = (adc_t / 16384.0 - t1 / 1024.0) * t2
-        v2 = (adc_t / 131072.0 - t1 / 8192.0)
+        v2 = adc_t / 131072.0 - t1 / 8192.0
         fine = v1 + v2 * v2 * t3
         temp = fine / 5120.0
         p1, p2, p3, p4, p5, p6, p7, p8, p9 = self._p
@@ -51,7 +56,8 @@ class BME280:
         h1, h2, h3, h4, h5, h6 = self._h
         h = fine - 76800.0
         h = (adc_h - (h4 * 64.0 + h5 / 16384.0 * h)) * (
-            h2 / 65536.0 * (1.0 + h6 / 67108864.0 * h * (1.0 + h3 / 67108864.0 * h)))
+            h2 / 65536.0 * (1.0 + h6 / 67108864.0 * h * (1.0 + h3 / 67108864.0 * h))
+        )
         h = h * (1.0 - h1 * h / 524288.0)
         return temp, p, min(max(h, 0.0), 100.0)
 

@@ -39,7 +39,7 @@ def load(path="config.json"):
     except OSError:
         user = {}
     except ValueError:
-        raise ConfigError("config: %s is not valid JSON" % path)
+        raise ConfigError("config: %s is not valid JSON" % path) from None
     for k, v in user.items():
         if k not in cfg:
             raise ConfigError("config %s: unknown key" % k)

@@ -32,34 +32,58 @@ class Console:
 
     async def run(self):
         reader = asyncio.StreamReader(sys.stdin)
+        line = ""
         while True:
-            line = await reader.readline()
-            if not line:
+            # one character at a time: a board's stdin.readline() would block the event loop
+            # until the newline arrives
+            ch = await reader.read(1)
+            if not ch:
                 return  # stdin closed (virtual board without a console): nothing more to read
-            line = line.decode().strip() if isinstance(line, bytes) else line.strip()
-            if not line.startswith("!roost"):
+            if isinstance(ch, bytes):
+                ch = ch.decode()
+            if ch not in "\r\n":
+                if len(line) < 256:
+                    line += ch
                 continue
-            parts = line.split(None, 3)
-            cmd = parts[1] if len(parts) > 1 else "help"
-            try:
-                out = self.handle(cmd, parts[2:])
-            except (ValueError, TypeError, IndexError) as e:
-                out = {"ok": False, "error": "bad arguments: %s" % e}
-            out["cmd"] = cmd
-            reply(out)
-            if cmd in ("reboot", "crash", "hang") and out["ok"]:
-                await asyncio.sleep_ms(50)
-                self.act(cmd)
+            line, text = "", line.strip()
+            if text.startswith("!roost"):
+                await self.dispatch(text)
+
+    async def dispatch(self, line):
+        parts = line.split(None, 3)
+        cmd = parts[1] if len(parts) > 1 else "help"
+        try:
+            out = self.handle(cmd, parts[2:])
+        except (ValueError, TypeError, IndexError) as e:
+            out = {"ok": False, "error": "bad arguments: %s" % e}
+        out["cmd"] = cmd
+        reply(out)
+        if cmd in ("reboot", "crash", "hang") and out["ok"]:
+            await asyncio.sleep_ms(50)
+            self.act(cmd)
 
     def handle(self, cmd, args):
         n = self.node
         if cmd == "status":
             gc.collect()
-            return {"ok": True, "node_id": n.node_id, "fw": VERSION, "board": n.board.NAME,
-                    "boot": n.boot, "seq": n.seq, "safe": n.safe, "wifi": n.link.wifi_ok(),
-                    "mqtt": n.link.up.is_set(), "ring": n.ring.count, "dropped": n.ring.dropped,
-                    "sent": n.sent, "mem_free": gc.mem_free(), "interval_s": n.interval_ms / 1000,
-                    "synced": n.clock.synced(), "sensor_errors": n.sensor_errors}
+            return {
+                "ok": True,
+                "node_id": n.node_id,
+                "fw": VERSION,
+                "board": n.board.NAME,
+                "boot": n.boot,
+                "seq": n.seq,
+                "safe": n.safe,
+                "wifi": n.link.wifi_ok(),
+                "mqtt": n.link.up.is_set(),
+                "ring": n.ring.count,
+                "dropped": n.ring.dropped,
+                "sent": n.sent,
+                "mem_free": gc.mem_free(),
+                "interval_s": n.interval_ms / 1000,
+                "synced": n.clock.synced(),
+                "sensor_errors": n.sensor_errors,
+            }
         if cmd == "inject":
             v = float(args[1]) if "." in args[1] else int(args[1])
             n.inject[args[0]] = v

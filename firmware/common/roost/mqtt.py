@@ -22,8 +22,17 @@ class MQTTError(OSError):
 class MQTTClient:
     DEBUG = False
 
-    def __init__(self, client_id, host, port=1883, keepalive=30, user=None, password=None,
-                 will=None, on_message=None):
+    def __init__(
+        self,
+        client_id,
+        host,
+        port=1883,
+        keepalive=30,
+        user=None,
+        password=None,
+        will=None,
+        on_message=None,
+    ):
         self.client_id = client_id
         self.host = host
         self.port = port
@@ -32,6 +41,7 @@ class MQTTClient:
         self.password = password
         self.will = will
         self.on_message = on_message  # called as on_message(topic_mv, payload_mv, retained)
+        self.retry_ms = _RETRY_MS  # QoS1: resend with DUP when no PUBACK came in this time
         self._hbuf = bytearray(_HBUF)
         self._obuf = bytearray(8)  # PUBACK replies from the reader task
         self._ibuf = bytearray(_IBUF)
@@ -60,9 +70,11 @@ class MQTTClient:
         """Open the TCP connection, send CONNECT, wait for CONNACK. Raises OSError on failure."""
         self.close()
         self._r, self._w = await asyncio.wait_for_ms(
-            asyncio.open_connection(self.host, self.port), timeout_ms)
-        n = pkt.connect(self._hbuf, self.client_id, self.keepalive, True, self.user,
-                        self.password, self.will)
+            asyncio.open_connection(self.host, self.port), timeout_ms
+        )
+        n = pkt.connect(
+            self._hbuf, self.client_id, self.keepalive, True, self.user, self.password, self.will
+        )
         self._connack = -1
         self._last_rx = time.ticks_ms()
         self._reader = asyncio.create_task(self._read_loop())
@@ -149,7 +161,7 @@ class MQTTClient:
 
     async def _await_ack(self, pid):
         t0 = time.ticks_ms()
-        while self._wait_pid == pid and time.ticks_diff(time.ticks_ms(), t0) < _RETRY_MS:
+        while self._wait_pid == pid and time.ticks_diff(time.ticks_ms(), t0) < self.retry_ms:
             if not self._up:
                 raise MQTTError("connection lost")
             await asyncio.sleep_ms(_POLL_MS)

@@ -54,7 +54,7 @@ def put_u16(buf, i, v):
 def put_str(buf, i, s):
     n = len(s)
     i = put_u16(buf, i, n)
-    buf[i:i + n] = s
+    buf[i : i + n] = s
     return i + n
 
 
@@ -133,7 +133,7 @@ def parse_publish(first, body):
     topic and payload are memoryview slices of body (no copies)."""
     qos = (first >> 1) & 3
     n = u16(body, 0)
-    topic = body[2:2 + n]
+    topic = body[2 : 2 + n]
     i = 2 + n
     pid = 0
     if qos:

@@ -61,9 +61,16 @@ class Node:
         self.led = machine.Pin(board.LED, machine.Pin.OUT)
         self.inject = {}
         m = cfg["mqtt"]
-        self.client = MQTTClient(nid, cfg["gateway"]["host"], cfg["gateway"]["port"],
-                                 m["keepalive_s"], m["user"], m["password"],
-                                 (self.t_status, OFFLINE, 1, True), self._on_msg)
+        self.client = MQTTClient(
+            nid,
+            cfg["gateway"]["host"],
+            cfg["gateway"]["port"],
+            m["keepalive_s"],
+            m["user"],
+            m["password"],
+            (self.t_status, OFFLINE, 1, True),
+            self._on_msg,
+        )
         self.link = Link(cfg, self.client, self._on_connect)
         self._cmds = []
         self._cmd_ev = asyncio.Event()
@@ -73,9 +80,18 @@ class Node:
         self._fatal = None
         self._fatal_ev = asyncio.Event()
         self._blink = None
+        self._status_task = None
+        self._tasks = []
         self.sent = 0
-        log("node", nid, "boot", self.boot, "safe" if self.safe else "normal",
-            "ring", self.ring.count)
+        log(
+            "node",
+            nid,
+            "boot",
+            self.boot,
+            "safe" if self.safe else "normal",
+            "ring",
+            self.ring.count,
+        )
 
     # --- status and identity -------------------------------------------------------------
     def status(self):
@@ -242,7 +258,7 @@ class Node:
         if op == "reboot":
             return None
         if op == "status":
-            asyncio.create_task(self.publish_status())
+            self._status_task = asyncio.create_task(self.publish_status())
             return None
         return "unknown op %s" % op
 
@@ -271,7 +287,7 @@ class Node:
     async def _guard(self, coro):
         try:
             await coro
-        except Exception as e:  # noqa: BLE001 - any task failing is a crash of the node
+        except Exception as e:  # any task failing is a crash of the node
             self.fail(e)
 
     async def watchdog(self):
@@ -289,13 +305,17 @@ class Node:
             await asyncio.sleep_ms(500)
 
     async def main(self, extra=()):
-        tasks = [self.link.run(), self.publisher(), self.commands(), self.watchdog(),
-                 self.status_loop()]
+        tasks = [
+            self.link.run(),
+            self.publisher(),
+            self.commands(),
+            self.watchdog(),
+            self.status_loop(),
+        ]
         if not self.safe:
             tasks.append(self.sampler())
         tasks.extend(extra)
-        for c in tasks:
-            asyncio.create_task(self._guard(c))
+        self._tasks = [asyncio.create_task(self._guard(c)) for c in tasks]
         await self._fatal_ev.wait()
         raise self._fatal
 
@@ -316,7 +336,7 @@ def run(board, config_path="config.json"):
 
             extra = (Console(node).run(),)
         asyncio.run(node.main(extra))
-    except Exception as e:  # noqa: BLE001 - log, then reset: the guard counts it
+    except Exception as e:  # log, then reset: the guard counts it
         import sys
 
         print("[roost] crash:")

@@ -64,7 +64,10 @@ def make(spec, board):
         from roost.bme280 import BME280
 
         i2c_id, sda, scl = getattr(board, "I2C", (0, None, None))
-        i2c = machine.I2C(spec.get("i2c", i2c_id), sda=machine.Pin(spec.get("sda", sda)),
-                          scl=machine.Pin(spec.get("scl", scl)))
+        i2c = machine.I2C(
+            spec.get("i2c", i2c_id),
+            sda=machine.Pin(spec.get("sda", sda)),
+            scl=machine.Pin(spec.get("scl", scl)),
+        )
         return BME280(i2c, spec.get("addr", 0x76))
     raise ValueError("config sensors: unknown type %r" % kind)
