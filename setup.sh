@@ -43,8 +43,8 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-extra=""
-[ $want_test -eq 1 ] && extra="[test]"
+extra="[demo]"
+[ $want_test -eq 1 ] && extra="[demo,test]"
 say "installing roost${extra} into .venv"
 .venv/bin/python -m pip install -q -e ".${extra}"
 say "ready: .venv/bin/roost --help"

@@ -125,6 +125,56 @@ def run(**kw: Any) -> None:
     sys.exit(code)
 
 
+@main.command()
+@settings_options
+@click.option(
+    "--nodes",
+    type=click.IntRange(0, 200),
+    default=5,
+    show_default=True,
+    help="How many virtual nodes to run.",
+)
+@click.option(
+    "--interval",
+    "interval_s",
+    type=click.IntRange(1, 3600),
+    default=5,
+    show_default=True,
+    help="Sampling interval of the virtual nodes, in seconds.",
+)
+@click.option(
+    "--outage-every",
+    "outage_every_s",
+    type=float,
+    default=90.0,
+    show_default=True,
+    help="Mean seconds between simulated Wi-Fi outages of a random node (0: none).",
+)
+def demo(nodes: int, interval_s: int, outage_every_s: float, **kw: Any) -> None:
+    """Gateway + managed broker + virtual nodes (the real firmware) + dashboard, on this machine."""
+    explicit_level = kw.get("log_level")
+    settings, _ = _settings(kw)
+    # The demo talks to a person: warnings and worse unless a level was asked for.
+    _setup_logging(settings.gateway.log_level if explicit_level else "warning")
+    from gateway.demo import run_demo
+    from gateway.service import Gateway
+    from gateway.virtual.node import find_micropython
+
+    try:
+        find_micropython()
+    except Exception as exc:
+        _fail(f"{exc}. Run ./setup.sh, which installs the MicroPython unix port.", 1)
+    try:
+        code = _run_async(
+            run_demo(
+                Gateway(settings), nodes=nodes, interval_s=interval_s, outage_every_s=outage_every_s
+            )
+        )
+    except BrokerError as exc:
+        _fail(str(exc), 1)
+    sys.exit(code)
+
+
 @main.group()
 def config() -> None:
     """Inspect the settings."""

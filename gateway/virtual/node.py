@@ -269,6 +269,9 @@ class VirtualNode:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            # Its own session: Ctrl-C at the terminal reaches the supervisor, which stops the
+            # node deliberately, and not the node, which the supervisor would then "reboot".
+            start_new_session=True,
         )
         self._proc = proc
         self.boots += 1
