@@ -10,18 +10,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiosqlite
+from msgspec import Raw
 
 from gateway.sync.sink import Outgoing
 
 __all__ = ["Outbox"]
 
+# SQLite assembles each message's metrics as a JSON object: that work then runs in C on the
+# reader's thread, outside the GIL, and the payload embeds it as it is.
 _BATCH = """
-SELECT m.id, n.node_id, m.boot, m.seq, m.ts, m.received, m.flags, k.name, r.value
+SELECT m.id, n.node_id, m.boot, m.seq, m.ts, m.received, m.flags,
+       json_group_object(k.name, r.value)
 FROM (SELECT id, node_ref, boot, seq, ts, received, flags FROM messages
       WHERE id > ? AND id <= ? ORDER BY id LIMIT ?) AS m
 JOIN nodes n ON n.node_ref = m.node_ref
 JOIN readings r ON r.message_id = m.id
 JOIN metrics k ON k.metric_ref = r.metric_ref
+GROUP BY m.id
 ORDER BY m.id
 """
 
@@ -45,15 +50,9 @@ class Outbox:
     async def batch(self, after: int, limit: int, upto: int | None = None) -> list[Outgoing]:
         """Up to ``limit`` messages with ``after < id <= upto``, in id order."""
         assert self._db is not None
-        out: list[Outgoing] = []
-        current: Outgoing | None = None
         async with self._db.execute(_BATCH, (after, upto or _MAX_ID, limit)) as cur:
-            async for mid, node, boot, seq, ts, received, flags, name, value in cur:
-                if current is None or current.id != mid:
-                    current = Outgoing(mid, node, boot, seq, ts, received, flags, {})
-                    out.append(current)
-                current.metrics[name] = value
-        return out
+            rows = await cur.fetchall()
+        return [Outgoing(r[0], r[1], r[2], r[3], r[4], r[5], r[6], Raw(r[7])) for r in rows]
 
     async def max_id(self) -> int:
         assert self._db is not None

@@ -22,6 +22,7 @@ import logging
 import random
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.config import MqttSinkSettings, SinkSettings
@@ -88,6 +89,8 @@ class SinkRunner:
         self._probe_until = 0
         self._stopping = False
         self._stop_event = asyncio.Event()
+        self._pending: asyncio.Task[None] | None = None
+        self._prefetch: tuple[int, asyncio.Task[list[Outgoing]]] | None = None
         writer.add_listener(self._on_commit)
 
     def stop(self) -> None:
@@ -140,9 +143,16 @@ class SinkRunner:
                     await self._bytes.take(sum(len(encode(self.gateway, m)) for m in batch))
                 started = time.monotonic()
                 poison = self._poisoned(batch)
+                if not live and not poison and st.live_from is None:
+                    # Read the next batch from the store while this one is on the wire.
+                    self._prefetch = (
+                        batch[-1].id,
+                        asyncio.create_task(self.outbox.batch(batch[-1].id, self._size())),
+                    )
                 try:
                     refused = [poison] if poison else await self.sink.write(batch)
                 except SinkUnavailable as exc:
+                    self._drop_prefetch()
                     connected = False
                     with contextlib.suppress(Exception):
                         await self.sink.close()
@@ -152,7 +162,12 @@ class SinkRunner:
                     continue
                 self._strikes.clear()
                 self._single_strikes.pop(batch[0].id, None)
-                await self._commit(batch, refused, live)
+                # Record the cursor while the next batch goes out: commits stay in order (each
+                # waits for the one before), and each follows its batch's acknowledgement.
+                job = self._record(batch, refused, live)
+                if self._pending is not None:
+                    await self._pending
+                self._pending = asyncio.create_task(self.writer.execute(job))
                 elapsed = max(time.monotonic() - started, 1e-6)
                 st.rate = (
                     0.8 * st.rate + 0.2 * (len(batch) / elapsed)
@@ -160,8 +175,29 @@ class SinkRunner:
                     else len(batch) / elapsed
                 )
         finally:
+            self._drop_prefetch()
+            if self._pending is not None:
+                try:
+                    await self._pending
+                except sqlite3.Error as exc:
+                    log.error(
+                        "sink %s: cursor not recorded (%s); that batch will be resent", s.name, exc
+                    )
             with contextlib.suppress(Exception):
                 await self.sink.close()
+
+    def _size(self) -> int:
+        s = self.settings
+        if self.state.cursor < self._probe_until:
+            return 1  # isolate the message that breaks the link
+        if s.rate_limit_rps:
+            return max(1, min(s.batch_size, int(s.rate_limit_rps)))
+        return s.batch_size
+
+    def _drop_prefetch(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch[1].cancel()
+            self._prefetch = None
 
     # A broker may drop the connection instead of refusing one message (mosquitto 2.0.11 does so
     # over TLS for a publish its ACL denies). Without care that one message would block the sink
@@ -190,11 +226,15 @@ class SinkRunner:
 
     async def _next_batch(self) -> tuple[list[Outgoing], bool]:
         s, st = self.settings, self.state
-        size = s.batch_size
-        if st.cursor < self._probe_until:
-            size = 1  # isolate the message that breaks the link
-        if s.rate_limit_rps:
-            size = max(1, min(size, int(s.rate_limit_rps)))
+        size = self._size()
+        prefetch, self._prefetch = self._prefetch, None
+        if prefetch is not None:
+            after, task = prefetch
+            if after == st.cursor and st.live_from is None and size == s.batch_size:
+                with contextlib.suppress(sqlite3.Error):
+                    return await task, False
+            else:
+                task.cancel()
         if s.live_share > 0:
             head = await self.outbox.max_id()
             if st.live_from is None and head - st.cursor > 2 * size:
@@ -215,7 +255,10 @@ class SinkRunner:
                 return await self.outbox.batch(st.cursor, size, upto=st.live_from), False
         return await self.outbox.batch(st.cursor, size), False
 
-    async def _commit(self, batch: list[Outgoing], refused: list[Refused], live: bool) -> None:
+    def _record(
+        self, batch: list[Outgoing], refused: list[Refused], live: bool
+    ) -> Callable[[sqlite3.Connection], None]:
+        """Advance the cursors in memory; return the store job that records them."""
         st = self.state
         if live:
             st.live_cursor = batch[-1].id
@@ -262,12 +305,27 @@ class SinkRunner:
                     "reason, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     dead,
                 )
-            self._upsert(conn)
+            self._upsert(conn, snapshot)
 
-        await self.writer.execute(job)
+        snapshot = self._snapshot()
+        return job
 
-    def _upsert(self, conn: sqlite3.Connection) -> None:
+    def _snapshot(self) -> tuple[object, ...]:
         st = self.state
+        return (
+            st.name,
+            st.type,
+            st.cursor,
+            st.live_from,
+            st.live_cursor,
+            st.delivered,
+            st.dead_letters,
+            st.state,
+            st.last_error,
+            now_ms(),
+        )
+
+    def _upsert(self, conn: sqlite3.Connection, snapshot: tuple[object, ...] | None = None) -> None:
         conn.execute(
             "INSERT INTO sink_cursors (name, type, cursor, live_from, live_cursor, delivered, "
             "dead_letters, state, last_error, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -275,18 +333,7 @@ class SinkRunner:
             "live_from = excluded.live_from, live_cursor = excluded.live_cursor, "
             "delivered = excluded.delivered, dead_letters = excluded.dead_letters, "
             "state = excluded.state, last_error = excluded.last_error, updated = excluded.updated",
-            (
-                st.name,
-                st.type,
-                st.cursor,
-                st.live_from,
-                st.live_cursor,
-                st.delivered,
-                st.dead_letters,
-                st.state,
-                st.last_error,
-                now_ms(),
-            ),
+            snapshot or self._snapshot(),
         )
 
     async def _save(self) -> None:

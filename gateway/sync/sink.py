@@ -39,7 +39,8 @@ class Outgoing(msgspec.Struct, frozen=True, gc=False):
     ts: int
     received: int
     flags: int
-    metrics: dict[str, float]
+    #: The metrics as a JSON object, as the store assembled it (embedded in payloads as is).
+    metrics: msgspec.Raw
 
 
 class _Wire(msgspec.Struct, frozen=True, gc=False):
@@ -50,7 +51,7 @@ class _Wire(msgspec.Struct, frozen=True, gc=False):
     ts: int
     received: int
     flags: int
-    m: dict[str, float]
+    m: msgspec.Raw
 
 
 _encoder = msgspec.json.Encoder()
