@@ -31,7 +31,7 @@ from gateway.sync.outbox import Outbox
 from gateway.sync.ratelimit import TokenBucket
 from gateway.sync.sink import Outgoing, Refused, Sink, SinkUnavailable, encode
 
-__all__ = ["SinkRunner", "SinkState", "load_cursor"]
+__all__ = ["SinkRunner", "SinkState", "load_cursor", "lowest_delivered"]
 
 log = logging.getLogger("roost.sync")
 
@@ -65,6 +65,18 @@ def load_cursor(
     if row is None:
         return 0, None, None, 0, 0
     return int(row[0]), row[1], row[2], int(row[3]), int(row[4])
+
+
+def lowest_delivered(conn: sqlite3.Connection, sinks: list[str]) -> int | None:
+    """The retention hook: every ``messages.id`` up to this was delivered by all these sinks.
+
+    ``None`` when there are no enabled sinks (nothing to wait for); 0 when one of them has not
+    delivered anything yet (or has no cursor row: a sink added since, which starts from 0).
+    """
+    if not sinks:
+        return None
+    cursors = dict(conn.execute("SELECT name, cursor FROM sink_cursors"))
+    return min(int(cursors.get(name, 0)) for name in sinks)
 
 
 class SinkRunner:

@@ -31,3 +31,17 @@ def test_sql_deduplication() -> None:
     insert = sql[sql.index("INSERT"):]
     conn.executescript(insert)  # the same record again: a duplicate, ignored
     assert conn.execute("SELECT count(*) FROM readings").fetchone() == (1,)
+
+
+def test_lowest_delivered_is_the_retention_floor(tmp_path: Path) -> None:
+    from gateway.store import schema
+    from gateway.sync.runner import lowest_delivered
+
+    conn = schema.connect(str(tmp_path / "s.db"))
+    schema.migrate(conn)
+    assert lowest_delivered(conn, []) is None
+    conn.execute("INSERT INTO sink_cursors (name, type, cursor) VALUES ('a', 'mqtt', 50)")
+    conn.execute("INSERT INTO sink_cursors (name, type, cursor) VALUES ('b', 'kafka', 20)")
+    assert lowest_delivered(conn, ["a"]) == 50
+    assert lowest_delivered(conn, ["a", "b"]) == 20
+    assert lowest_delivered(conn, ["a", "new"]) == 0  # a new sink starts from the beginning
