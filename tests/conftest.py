@@ -114,3 +114,10 @@ async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, wha
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: last {last!r}")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # The HIL rig's options live here: a sub-folder's conftest is loaded too late for them.
+    from tests.hil.options import add_options
+
+    add_options(parser)
