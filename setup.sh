@@ -24,7 +24,18 @@ command -v mosquitto_pub >/dev/null 2>&1 || pkgs+=(mosquitto-clients)
 command -v sqlite3 >/dev/null 2>&1 || pkgs+=(sqlite3)
 # openssl: the sync tests make a CA and a server certificate for the TLS cloud broker.
 [ $want_test -eq 1 ] && ! command -v openssl >/dev/null 2>&1 && pkgs+=(openssl)
+# The Pi image tests (tests/image): shellcheck, a Debian rootfs (mmdebstrap), booted in nspawn.
+if [ $want_test -eq 1 ]; then
+  command -v shellcheck >/dev/null 2>&1 || pkgs+=(shellcheck)
+  command -v mmdebstrap >/dev/null 2>&1 || pkgs+=(mmdebstrap)
+  command -v systemd-nspawn >/dev/null 2>&1 || pkgs+=(systemd-container)
+fi
 python3 -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv)
+# Node.js and npm: build the dashboard (web/) once; the gateway itself never runs Node.
+command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
+# Chromium: the dashboard's browser tests drive Debian's build through Playwright (never a
+# browser download).
+[ $want_test -eq 1 ] && ! command -v chromium >/dev/null 2>&1 && pkgs+=(chromium)
 if [ ${#pkgs[@]} -gt 0 ]; then
   say "installing ${pkgs[*]} with apt"
   $sudo_cmd apt-get update -qq
@@ -47,4 +58,16 @@ extra="[demo]"
 [ $want_test -eq 1 ] && extra="[demo,test]"
 say "installing roost${extra} into .venv"
 .venv/bin/python -m pip install -q -e ".${extra}"
+
+# The dashboard: web/ is built with npm (esbuild, uPlot, Swagger UI from the registry; no lock
+# file) into gateway/api/static, which is packaged and served by the gateway. Rebuilt whenever
+# the output is missing or web/'s sources changed since the last build (a hash of them is kept).
+web_hash=$(cd web && find . -path ./node_modules -prune -o -type f -print | LC_ALL=C sort \
+  | xargs sha256sum | sha256sum | cut -d' ' -f1)
+stamp=gateway/api/static/.web-hash
+if [ ! -f gateway/api/static/index.html ] || [ "$(cat "$stamp" 2>/dev/null)" != "$web_hash" ]; then
+  say "building the dashboard (web/ -> gateway/api/static)"
+  (cd web && npm install --no-package-lock --no-audit --no-fund --loglevel=error && npm run build --silent)
+  echo "$web_hash" > "$stamp"
+fi
 say "ready: .venv/bin/roost --help"

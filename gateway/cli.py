@@ -23,6 +23,8 @@ from rich.table import Table
 
 from gateway.broker.managed import BrokerError
 from gateway.config import ConfigError, Settings, load_settings, masked
+from gateway.rollup.commands import register as register_rollup_commands
+from gateway.rollup.commands import rollup_stats, rollup_table
 from gateway.store.reader import (
     StoreMissing,
     open_readonly,
@@ -175,6 +177,11 @@ def demo(nodes: int, interval_s: int, outage_every_s: float, **kw: Any) -> None:
     sys.exit(code)
 
 
+from gateway.flash import command as _flash_command  # noqa: E402 - `roost flash` lives in flash.py
+
+main.add_command(_flash_command)
+
+
 @main.group()
 def config() -> None:
     """Inspect the settings."""
@@ -245,7 +252,13 @@ def stats(conn: Any, data_dir: Path, as_json: bool) -> None:
     sinks = read_sinks(conn)
     if as_json:
         click.echo(
-            json.dumps({**msgspec.to_builtins(s), "sinks": [msgspec.to_builtins(k) for k in sinks]})
+            json.dumps(
+                {
+                    **msgspec.to_builtins(s),
+                    "sinks": [msgspec.to_builtins(k) for k in sinks],
+                    "rollup": rollup_stats(conn, data_dir),
+                }
+            )
         )
         return
     table = Table(title=f"Roost store {data_dir}", show_header=False)
@@ -265,6 +278,9 @@ def stats(conn: Any, data_dir: Path, as_json: bool) -> None:
     for key, label in labels.items():
         table.add_row(label, f"{getattr(s, key):,}")
     Console().print(table)
+    figures = rollup_stats(conn, data_dir)
+    if figures:
+        Console().print(rollup_table(figures))
     if sinks:
         sync = Table(title="Upstream sync")
         for col in (
@@ -309,3 +325,12 @@ def nodes(conn: Any, data_dir: Path, as_json: bool) -> None:
             f"ip {r.ip or '-'} rssi {r.rssi if r.rssi is not None else '-'}  "
             f"messages {r.messages:,} lost {r.lost:,}"
         )
+
+
+# Parquet rollup, export and verify; their logic lives in gateway/rollup.
+register_rollup_commands(main)
+
+# `roost nodes add <node_id>`: node credentials on the Pi image's mosquitto (gateway/nodeauth.py).
+from gateway.nodeauth import register as register_node_commands  # noqa: E402
+
+register_node_commands(main)

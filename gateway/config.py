@@ -28,10 +28,14 @@ from gateway.ingest.mapping import MappingRule
 
 __all__ = [
     "DEFAULT_SEARCH",
+    "ApiSettings",
+    "BudgetSettings",
     "ConfigError",
     "KafkaSinkSettings",
     "MqttSinkSettings",
     "MqttTarget",
+    "RetentionSettings",
+    "RollupSettings",
     "Settings",
     "SinkSettings",
     "load_settings",
@@ -80,10 +84,46 @@ class HttpSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     port: Port = 8080
 
 
+class ApiSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The REST API, live WebSocket and dashboard (gateway/api, docs/api.md)."""
+
+    admin_token: str = ""
+    read_auth: bool = False
+    read_token: str = ""
+    ws_queue: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
+    ws_slow_policy: Literal["drop", "disconnect"] = "drop"
+    ws_backfill: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 500
+    ws_backfill_s: Annotated[int, msgspec.Meta(ge=0)] = 3600
+    series_points: Annotated[int, msgspec.Meta(ge=10, le=10_000)] = 500
+    stale_after_s: Annotated[int, msgspec.Meta(ge=1)] = 300
+
+
 class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     batch_max_rows: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 4000
     batch_max_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 5.0
     synchronous: Literal["normal", "full"] = "full"
+
+
+class RollupSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    enabled: bool = True
+    grace_s: Annotated[int, msgspec.Meta(ge=0, le=86_400)] = 300
+    interval_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 60.0
+    row_group_rows: Annotated[int, msgspec.Meta(ge=1000, le=10_000_000)] = 500_000
+    accept_past_days: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    accept_future_s: Annotated[int, msgspec.Meta(ge=0)] = 86_400
+
+
+class RetentionSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    hot_hours: Annotated[float, msgspec.Meta(ge=0)] = 168.0
+    parquet_days: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    parquet_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class BudgetSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
+    min_free_bytes: Annotated[int, msgspec.Meta(ge=0)] = 256 * 1024 * 1024
+    drop_parquet: Literal["delivered", "oldest", "never"] = "delivered"
+    check_interval_s: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 5.0
 
 
 class MappingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -152,8 +192,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
     mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
+    api: ApiSettings = msgspec.field(default_factory=ApiSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     ingest: IngestSettings = msgspec.field(default_factory=IngestSettings)
+    rollup: RollupSettings = msgspec.field(default_factory=RollupSettings)
+    retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
+    budget: BudgetSettings = msgspec.field(default_factory=BudgetSettings)
     sinks: list[SinkSettings] = msgspec.field(default_factory=list)
 
     @property
@@ -238,8 +282,12 @@ _SECTIONS: dict[str, type[_Section]] = {
     "gateway": GatewaySettings,
     "mqtt": MqttSettings,
     "http": HttpSettings,
+    "api": ApiSettings,
     "store": StoreSettings,
     "ingest": IngestSettings,
+    "rollup": RollupSettings,
+    "retention": RetentionSettings,
+    "budget": BudgetSettings,
 }
 
 

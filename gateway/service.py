@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway import sdnotify
+from gateway.api.server import ApiServer
 from gateway.broker.managed import ManagedBroker
 from gateway.config import MqttTarget, Settings, parse_mqtt_url
 from gateway.ingest.service import Ingest
@@ -48,6 +49,7 @@ class Gateway:
         self.writer: StoreWriter | None = None
         self.ingest: Ingest | None = None
         self.sinks: list[SinkRunner] = []
+        self.api: ApiServer | None = None
         self._stop = asyncio.Event()
         self.exit_code = 0
 
@@ -93,6 +95,16 @@ class Gateway:
             "store writer": asyncio.create_task(writer.run(), name="store-writer"),
             "ingest": asyncio.create_task(ingest.run(), name="ingest"),
         }
+        # The API, live WebSocket and dashboard (gateway/api): uvicorn in this same loop. It only
+        # reads the store and listens to commits, so a failure there never stops ingest.
+        self.api = ApiServer(s, data_dir, writer, ingest)
+        tasks["api"] = asyncio.create_task(self.api.serve(), name="api")
+        # Hourly Parquet rollup, retention and the disk budget (gateway/rollup): pyarrow runs in
+        # a short-lived worker process; the budget gates the writer's commits when over.
+        from gateway.rollup.scheduler import Rollup
+
+        self.rollup = Rollup(s, writer)
+        tasks["rollup"] = asyncio.create_task(self.rollup.run(), name="rollup")
         if sdnotify.watchdog_interval() is not None:
             tasks["watchdog"] = asyncio.create_task(sdnotify.watchdog_loop(), name="watchdog")
         if self.broker is not None:
@@ -143,9 +155,19 @@ class Gateway:
     async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
         log.info("shutting down: committing what is in flight")
         ingest, writer = self.ingest, self.writer
+        # The API first: live feeds end, in-flight requests get 3 s, then its read threads stop.
+        if self.api is not None:
+            await self.api.stop()
+            try:
+                async with asyncio.timeout(5):
+                    await asyncio.shield(tasks["api"])
+            except (TimeoutError, Exception):
+                await _cancel(tasks.get("api"))
+            self.api.close()
         if ingest is not None:
             await ingest.stop()
         await _cancel(tasks.get("ingest"))
+        await _cancel(tasks.get("rollup"))  # kills a running rollup worker; its hours stay due
         # Sinks finish and record the batch in flight (a few seconds at most), then stop;
         # one cut off after the target acked it is resent next time (at least once).
         for runner in self.sinks:

@@ -136,6 +136,37 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX dead_letters_sink ON dead_letters (sink, id);
     """,
+    # 3: hourly Parquet rollup, retention and the disk budget (gateway/rollup, docs/parquet.md).
+    """
+    CREATE INDEX messages_ts ON messages (ts);
+    -- The Parquet catalog: one row per rolled UTC hour.
+    CREATE TABLE parquet_hours (
+        hour        INTEGER PRIMARY KEY,   -- epoch ms of the hour's start
+        path        TEXT NOT NULL,         -- relative to <data_dir>/parquet
+        rows        INTEGER NOT NULL,
+        bytes       INTEGER NOT NULL,
+        sha256      TEXT NOT NULL,
+        max_id      INTEGER NOT NULL,      -- the file holds the hour's messages with id <= this
+        rolled_at   INTEGER NOT NULL,
+        rolls       INTEGER NOT NULL DEFAULT 1,
+        pruned      INTEGER NOT NULL DEFAULT 0,  -- hot rows deleted: the file is their copy
+        dropped_at  INTEGER                -- retention or the budget deleted the file
+    );
+    -- Hours with messages the catalog does not hold yet, and the newest such message.
+    CREATE TABLE rollup_todo (
+        hour        INTEGER PRIMARY KEY,
+        max_id      INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    -- Messages whose sample time is outside the accepted window: never rolled.
+    CREATE TABLE rollup_excluded (
+        message_id  INTEGER PRIMARY KEY,
+        received    INTEGER NOT NULL
+    );
+    CREATE TABLE rollup_state (
+        name        TEXT PRIMARY KEY,      -- scanned_id, budget_paused_since, ...
+        value       INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

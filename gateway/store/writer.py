@@ -21,7 +21,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,6 +258,13 @@ class StoreWriter:
         self._listeners: list[Callable[[CommitResult], None]] = []
         self.commit_errors = 0
         self.transactions = 0
+        # Awaited before each ingest commit: the disk budget holds commits (and so the
+        # acknowledgements) here while the data dir is over budget (gateway/rollup/budget.py).
+        self._gate: Callable[[], Awaitable[None]] | None = None
+
+    def set_gate(self, gate: Callable[[], Awaitable[None]] | None) -> None:
+        """Await ``gate()`` before every ingest commit (``execute`` jobs do not wait)."""
+        self._gate = gate
 
     async def open(self) -> None:
         """Open the database (creating it), set WAL and migrate: before ``run``."""
@@ -308,6 +315,8 @@ class StoreWriter:
                     unit = queue.get_nowait()
                 units.append(unit)
                 rows += unit.rows
+            if self._gate is not None:
+                await self._gate()
             await self._commit_with_retry(units)
             for _ in units:
                 queue.task_done()
