@@ -23,6 +23,8 @@ from rich.table import Table
 
 from gateway.broker.managed import BrokerError
 from gateway.config import ConfigError, Settings, load_settings, masked
+from gateway.flash import command as flash_command
+from gateway.nodeauth import register as register_node_commands
 from gateway.rollup.commands import register as register_rollup_commands
 from gateway.rollup.commands import rollup_stats, rollup_table
 from gateway.store.reader import (
@@ -177,11 +179,6 @@ def demo(nodes: int, interval_s: int, outage_every_s: float, **kw: Any) -> None:
     sys.exit(code)
 
 
-from gateway.flash import command as _flash_command  # noqa: E402 - `roost flash` lives in flash.py
-
-main.add_command(_flash_command)
-
-
 @main.group()
 def config() -> None:
     """Inspect the settings."""
@@ -327,10 +324,8 @@ def nodes(conn: Any, data_dir: Path, as_json: bool) -> None:
         )
 
 
-# Parquet rollup, export and verify; their logic lives in gateway/rollup.
+# Commands whose logic lives in their own modules: `roost flash` (gateway/flash.py), Parquet
+# rollup, export and verify (gateway/rollup), `roost nodes add` (gateway/nodeauth.py).
+main.add_command(flash_command)
 register_rollup_commands(main)
-
-# `roost nodes add <node_id>`: node credentials on the Pi image's mosquitto (gateway/nodeauth.py).
-from gateway.nodeauth import register as register_node_commands  # noqa: E402
-
 register_node_commands(main)
