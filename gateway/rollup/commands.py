@@ -57,8 +57,9 @@ def _options(fn: Any) -> Any:
 @click.option(
     "--all-pending", is_flag=True, help="Roll every closed hour not rolled yet (the default)."
 )
-def rollup_command(config: Path | None, data_dir: str | None, hour_text: str | None,
-                   all_pending: bool) -> None:
+def rollup_command(
+    config: Path | None, data_dir: str | None, hour_text: str | None, all_pending: bool
+) -> None:
     """Roll closed hours of readings into Parquet now (the gateway also does it hourly)."""
     if hour_text and all_pending:
         _fail("give --hour or --all-pending, not both", 2)
@@ -112,14 +113,24 @@ def rollup_command(config: Path | None, data_dir: str | None, hour_text: str | N
 @_options
 @click.option("--start", required=True, help="From this UTC time (ISO 8601), inclusive.")
 @click.option("--end", required=True, help="To this UTC time (ISO 8601), exclusive.")
-@click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet",
-              show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True
+)
 @click.option("--node", "nodes", multiple=True, help="Only this node id (repeatable).")
 @click.option("--metric", "metrics", multiple=True, help="Only this metric (repeatable).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
-def export_command(config: Path | None, data_dir: str | None, start: str, end: str, fmt: str,
-                   nodes: tuple[str, ...], metrics: tuple[str, ...], output: Path) -> None:
+def export_command(
+    config: Path | None,
+    data_dir: str | None,
+    start: str,
+    end: str,
+    fmt: str,
+    nodes: tuple[str, ...],
+    metrics: tuple[str, ...],
+    output: Path,
+) -> None:
     """Export readings of a time range, hot (SQLite) and cold (Parquet) together."""
+
     def ms(text: str, name: str) -> int:
         try:
             d = datetime.fromisoformat(text)
@@ -168,11 +179,15 @@ def verify_command(config: Path | None, data_dir: str | None) -> None:
         click.echo(f"not in the catalog (the next rollup records it): {rel}")
     for p in report.problems:
         click.echo(f"PROBLEM {p}")
-    click.echo(f"{report.checked} hours, {report.rows:,} rows checked, "
-               f"{len(report.problems)} problems")
+    click.echo(
+        f"{report.checked} hours, {report.rows:,} rows checked, {len(report.problems)} problems"
+    )
     if report.problems:
-        _fail("the Parquet dataset has problems: `roost rollup` rolls damaged hours again "
-              "from SQLite while their rows are hot", 1)
+        _fail(
+            "the Parquet dataset has problems: `roost rollup` rolls damaged hours again "
+            "from SQLite while their rows are hot",
+            1,
+        )
 
 
 def register(group: click.Group) -> None:

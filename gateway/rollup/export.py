@@ -72,7 +72,7 @@ def _hot(
         "SELECT m.ts, n.node_id, k.name, r.value, m.boot, m.seq, m.received, m.flags, m.id "
         "FROM messages m JOIN readings r ON r.message_id = m.id "
         "JOIN nodes n USING (node_ref) JOIN metrics k USING (metric_ref) "
-        "WHERE m.ts >= ? AND m.ts < ?"
+        "WHERE m.node_ref IN (SELECT node_ref FROM nodes) AND m.ts >= ? AND m.ts < ?"
     )
     args: list[object] = [start, end]
     if nodes:

@@ -89,7 +89,8 @@ _SORT = [(k, "ascending") for k in ("node", "metric", "ts", "boot", "seq")]
 _SELECT = """
 SELECT m.node_ref, r.metric_ref, m.ts, m.boot, m.seq, m.received, m.flags, r.value
 FROM messages m JOIN readings r ON r.message_id = m.id
-WHERE m.ts >= ? AND m.ts < ? AND m.ts BETWEEN m.received - ? AND m.received + ? AND m.id > ?
+WHERE m.node_ref IN (SELECT node_ref FROM nodes) AND m.ts >= ? AND m.ts < ?
+  AND m.ts BETWEEN m.received - ? AND m.received + ? AND m.id > ?
 """
 
 
@@ -244,7 +245,9 @@ def _read_sqlite(
 def _estimate_rows(conn: sqlite3.Connection, hour: int) -> int:
     msgs = int(
         conn.execute(
-            "SELECT count(*) FROM messages WHERE ts >= ? AND ts < ?", (hour, hour + HOUR_MS)
+            "SELECT count(*) FROM messages WHERE node_ref IN (SELECT node_ref FROM nodes) "
+            "AND ts >= ? AND ts < ?",
+            (hour, hour + HOUR_MS),
         ).fetchone()[0]
     )
     per = conn.execute(

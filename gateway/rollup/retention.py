@@ -77,7 +77,8 @@ def prune_hour(
     ids = [
         r[0]
         for r in conn.execute(
-            "SELECT id FROM messages WHERE ts >= ? AND ts < ? AND id <= ? LIMIT ?",
+            "SELECT id FROM messages WHERE node_ref IN (SELECT node_ref FROM nodes) "
+            "AND ts >= ? AND ts < ? AND id <= ? LIMIT ?",
             (hour, hour + HOUR_MS, upto, PRUNE_CHUNK),
         )
     ]
@@ -97,8 +98,7 @@ def prune_excluded(
     ids = [
         r[0]
         for r in conn.execute(
-            "SELECT message_id FROM rollup_excluded WHERE received < ? AND message_id <= ? "
-            "LIMIT ?",
+            "SELECT message_id FROM rollup_excluded WHERE received < ? AND message_id <= ? LIMIT ?",
             (cutoff_ms, upto, PRUNE_CHUNK),
         )
     ]
@@ -143,7 +143,8 @@ def parquet_to_drop(
     if need_bytes and delivered is not None and delivered is not False:
         # Delivered: no message of the hour above the cursor (pruned ones were delivered).
         sql += (
-            " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.ts >= p.hour "
+            " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.node_ref IN "
+            "(SELECT node_ref FROM nodes) AND m.ts >= p.hour "
             "AND m.ts < p.hour + ? AND m.id > ?)"
         )
         args += [HOUR_MS, delivered]

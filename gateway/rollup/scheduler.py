@@ -131,9 +131,7 @@ class Rollup:
         out = PassResult()
         t = now_ms() if now is None else now
         while True:
-            scanned = await self.writer.execute(
-                lambda conn: catalog.scan(conn, self.window, t)
-            )
+            scanned = await self.writer.execute(lambda conn: catalog.scan(conn, self.window, t))
             out.quarantined += scanned.quarantined
             if not scanned.more:
                 break

@@ -138,7 +138,6 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 3: hourly Parquet rollup, retention and the disk budget (gateway/rollup, docs/parquet.md).
     """
-    CREATE INDEX messages_ts ON messages (ts);
     -- The Parquet catalog: one row per rolled UTC hour.
     CREATE TABLE parquet_hours (
         hour        INTEGER PRIMARY KEY,   -- epoch ms of the hour's start
