@@ -19,7 +19,14 @@ IMAGE = REPO / "deploy" / "pi-image"
 BOOT = Path(__file__).resolve().parent / "boot"
 CACHE = Path(os.environ.get("ROOST_IMAGE_CACHE", "/var/cache/roost-image-test"))
 SUITE = "bookworm"
-MIRROR = "-"  # replaced: the host apt sources are used (see later commit)
+# The host's own apt sources (the archive this machine is set up to reach): mmdebstrap pastes an
+# existing sources file into the chroot as it is, so no archive address lives in this repo.
+HOST_SOURCES = next(
+    (p for p in (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
+     if p.is_file()),
+    None,
+)
+MIRROR = [str(HOST_SOURCES)] if HOST_SOURCES else []
 # What a minimal booting system needs besides the image's own packages.txt.
 BASE_PACKAGES = ["systemd", "systemd-sysv", "dbus", "passwd", "procps", "iproute2"]
 
@@ -64,7 +71,8 @@ def cache_lock(name: str) -> Iterator[None]:
 def base_tarball() -> Path:
     """A bookworm amd64 minbase + systemd + the image's packages, cached by the package list."""
     pkgs = sorted(set(BASE_PACKAGES + image_packages()))
-    key = hashlib.sha256(f"{SUITE} {MIRROR} {' '.join(pkgs)}".encode()).hexdigest()[:16]
+    sources = HOST_SOURCES.read_text() if HOST_SOURCES else ""
+    key = hashlib.sha256(f"{SUITE} {sources} {' '.join(pkgs)}".encode()).hexdigest()[:16]
     tar = CACHE / f"base-{SUITE}-{key}.tar"
     with cache_lock("base"):
         if tar.is_file():
@@ -72,7 +80,7 @@ def base_tarball() -> Path:
         tmp = tar.with_name(tar.stem + ".part.tar")
         r = subprocess.run(
             ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar",
-             f"--include={','.join(pkgs)}", SUITE, str(tmp), MIRROR],
+             f"--include={','.join(pkgs)}", SUITE, str(tmp), *MIRROR],
             capture_output=True, text=True, check=False,
         )
         if r.returncode != 0:
