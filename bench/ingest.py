@@ -99,12 +99,11 @@ def sub_mosquitto(port: int, n: int, client_id: str) -> subprocess.Popen[bytes]:
 
 
 def make_session_mosquitto(port: int, client_id: str) -> None:
-    p = subprocess.run(
+    subprocess.run(
         ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-c", "-i", client_id,
          "-t", "roost/v1/+/readings", "-V", "mqttv5", "-x", "3600", "-W", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
     )
-    del p
 
 
 # --- b: bare gmqtt ------------------------------------------------------------------------------

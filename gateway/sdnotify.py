@@ -40,12 +40,11 @@ def watchdog_interval() -> float | None:
     return int(usec) / 2_000_000
 
 
-async def watchdog_loop(healthy: object = None) -> None:
+async def watchdog_loop() -> None:
     """Ping the watchdog while the event loop runs; a stalled loop stops the pings."""
     interval = watchdog_interval()
     if interval is None:
         return
     while True:
-        if healthy is None or (callable(healthy) and healthy()):
-            notify("WATCHDOG=1")
+        notify("WATCHDOG=1")
         await asyncio.sleep(interval)

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import ssl
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -29,25 +28,12 @@ from gateway.config import MqttTarget, Settings
 from gateway.ingest.decode import ROOT, Decoder
 from gateway.model import Rejected
 from gateway.mqtt import wire
-from gateway.mqtt.client import Connection, ConnectOptions, ConnectRefused, MqttError
+from gateway.mqtt.client import Connection, ConnectOptions, ConnectRefused, MqttError, tls_context
 from gateway.store.writer import CommitResult, StoreWriter, Unit, now_ms
 
-__all__ = ["Ingest", "IngestState", "ssl_context"]
+__all__ = ["Ingest", "IngestState"]
 
 log = logging.getLogger("roost.ingest")
-
-
-def ssl_context(
-    target: MqttTarget, ca_file: str = "", insecure: bool = False
-) -> ssl.SSLContext | None:
-    """The TLS context for an mqtts target: CA verification on unless told otherwise."""
-    if not target.tls:
-        return None
-    ctx = ssl.create_default_context(cafile=ca_file or None)
-    if insecure:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 @dataclass(slots=True)
@@ -120,7 +106,7 @@ class Ingest:
             keepalive=m.keepalive_s,
             username=self.target.username,
             password=self.target.password,
-            ssl=ssl_context(self.target, m.ca_file, m.tls_insecure),
+            ssl=tls_context(m.ca_file, insecure=m.tls_insecure) if self.target.tls else None,
             will=wire.Will(
                 f"roost/gateway/{self.settings.gateway.name}/status", b'{"state":"offline"}'
             ),

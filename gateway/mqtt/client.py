@@ -29,6 +29,7 @@ __all__ = [
     "ConnectionLost",
     "MqttError",
     "PublishRejected",
+    "tls_context",
 ]
 
 
@@ -65,6 +66,20 @@ class PublishRejected(MqttError):
         super().__init__(f"broker rejected the publish to {topic!r} (reason 0x{reason:02x})")
         self.topic = topic
         self.reason = reason
+
+
+def tls_context(
+    ca_file: str = "", *, insecure: bool = False, cert_file: str = "", key_file: str = ""
+) -> ssl.SSLContext:
+    """A client TLS context: the broker's certificate verified against the system CAs (or
+    ``ca_file``) unless ``insecure``; ``cert_file``/``key_file`` add a client certificate."""
+    ctx = ssl.create_default_context(cafile=ca_file or None)
+    if cert_file:
+        ctx.load_cert_chain(cert_file, key_file or None)
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 @dataclass(frozen=True, slots=True)

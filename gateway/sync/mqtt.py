@@ -22,7 +22,7 @@ import msgspec
 
 from gateway.config import MqttSinkSettings, parse_mqtt_url
 from gateway.mqtt import wire
-from gateway.mqtt.client import Connection, ConnectOptions, MqttError, PublishRejected
+from gateway.mqtt.client import Connection, ConnectOptions, MqttError, PublishRejected, tls_context
 from gateway.sync.sink import Outgoing, Refused, SinkUnavailable, encode, register
 
 __all__ = ["MqttSink"]
@@ -42,18 +42,6 @@ class MqttSink:
         self._conn: Connection | None = None
         self._status_topic = settings.status_topic.format(gateway=gateway)
 
-    def _ssl(self) -> ssl.SSLContext | None:
-        if not self.target.tls:
-            return None
-        s = self.settings
-        ctx = ssl.create_default_context(cafile=s.ca_file or None)
-        if s.cert_file:
-            ctx.load_cert_chain(s.cert_file, s.key_file or None)
-        if s.tls_insecure:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-
     async def connect(self) -> None:
         s = self.settings
         options = ConnectOptions(
@@ -66,7 +54,11 @@ class MqttSink:
             username=self.target.username,
             password=self.target.password,
             will=wire.Will(self._status_topic, b'{"state":"offline"}', qos=1, retain=True),
-            ssl=self._ssl(),
+            ssl=tls_context(
+                s.ca_file, insecure=s.tls_insecure, cert_file=s.cert_file, key_file=s.key_file
+            )
+            if self.target.tls
+            else None,
         )
         try:
             self._conn = await Connection.open(options)
