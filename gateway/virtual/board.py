@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import enum
 import errno
-import json
 import logging
 import os
 import select
@@ -44,7 +43,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway.virtual.node import BOARDS, ResetCause, find_micropython, firmware_dir
+from gateway.virtual.node import BOARDS, BoardFiles, ResetCause, find_micropython, firmware_dir
 
 __all__ = ["BoardMode", "VirtualBoard", "main"]
 
@@ -76,7 +75,7 @@ class BoardMode(enum.Enum):
     RAW = "raw"
 
 
-class VirtualBoard:
+class VirtualBoard(BoardFiles):
     """One virtual board: ``start()``, then use ``port`` like ``/dev/ttyACM0``.
 
     ``link`` is an optional stable path (a symlink to the pty). The board starts blank unless its
@@ -95,15 +94,7 @@ class VirtualBoard:
         micropython: str | None = None,
         control: Mapping[str, Any] | None = None,
     ) -> None:
-        if board not in BOARDS:
-            raise ValueError(f"board: {board!r} is not one of {', '.join(BOARDS)}")
-        self.directory = directory
-        self.fs = directory / "fs"
-        self.control_path = directory / "control.json"
-        self.events_path = directory / "events.jsonl"
-        self.console_log = directory / "console.log"
-        self.wdt_path = directory / "wdt"
-        self.board = board
+        super().__init__(directory, board, control)
         self.unique_id = unique_id
         self.heapsize = heapsize
         self.link = link
@@ -111,7 +102,6 @@ class VirtualBoard:
         self.firmware = firmware_dir()
         self.port = ""
         self.boots = 0
-        self._control: dict[str, Any] = dict(control or {})
         self._lock = threading.Lock()
         self._booted = threading.Condition(self._lock)
         self._requests: list[Callable[[], None]] = []
@@ -229,16 +219,6 @@ class VirtualBoard:
         """Every write to the board's filesystem fails with ENOSPC (or works again)."""
         self.set_control(flash="full" if full else "ok")
 
-    def events(self) -> list[dict[str, Any]]:
-        """The event log: boots, exits, resets, watchdog expiries, power, pin changes."""
-        if not self.events_path.exists():
-            return []
-        out = []
-        for line in self.events_path.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-        return out
-
     # -- internals: called from other threads ------------------------------------------------
     def _call(self, fn: Callable[[], None]) -> None:
         done = threading.Event()
@@ -258,16 +238,6 @@ class VirtualBoard:
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
-
-    def _write_control(self) -> None:
-        tmp = self.control_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._control))
-        tmp.replace(self.control_path)
-
-    def _event(self, kind: str, **detail: Any) -> None:
-        detail.update(ev=kind, t=int(time.time() * 1000))
-        with self.events_path.open("a") as f:
-            f.write(json.dumps(detail) + "\n")
 
     # -- internals: the supervisor thread ----------------------------------------------------
     def _run(self) -> None:
@@ -353,7 +323,10 @@ class VirtualBoard:
         self._intr = False
         self._started_at = time.monotonic()
         self._event(
-            "boot", n=self.boots + 1, cause=self._cause.name.lower(), mode=self._mode.value,
+            "boot",
+            n=self.boots + 1,
+            cause=self._cause.name.lower(),
+            mode=self._mode.value,
             pid=proc.pid,
         )
         with self._booted:

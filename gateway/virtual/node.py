@@ -31,6 +31,7 @@ from typing import Any
 
 __all__ = [
     "EXIT_RESET",
+    "BoardFiles",
     "ConsoleError",
     "ResetCause",
     "VirtualNode",
@@ -82,7 +83,48 @@ def find_micropython() -> str:
     )
 
 
-class VirtualNode:
+class BoardFiles:
+    """What a virtual node and a virtual board share: the per-board folder and its files.
+
+    ``fs`` is the board's filesystem, ``control.json`` steers the host fakes, ``events.jsonl``
+    logs boots, exits, resets and pin changes, ``console.log`` keeps what the board printed and
+    ``wdt`` is the fake watchdog's heartbeat file.
+    """
+
+    def __init__(self, directory: Path, board: str, control: Mapping[str, Any] | None) -> None:
+        if board not in BOARDS:
+            raise ValueError(f"board: {board!r} is not one of {', '.join(BOARDS)}")
+        self.directory = directory
+        self.board = board
+        self.fs = directory / "fs"
+        self.control_path = directory / "control.json"
+        self.events_path = directory / "events.jsonl"
+        self.console_log = directory / "console.log"
+        self.wdt_path = directory / "wdt"
+        self._control: dict[str, Any] = dict(control or {})
+
+    def events(self) -> list[dict[str, Any]]:
+        """The event log: boots, exits, resets, watchdog expiries, power, pin changes."""
+        if not self.events_path.exists():
+            return []
+        out = []
+        for line in self.events_path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+    def _write_control(self) -> None:
+        tmp = self.control_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._control))
+        tmp.replace(self.control_path)
+
+    def _event(self, kind: str, **detail: Any) -> None:
+        detail.update(ev=kind, t=int(time.time() * 1000))
+        with self.events_path.open("a") as f:
+            f.write(json.dumps(detail) + "\n")
+
+
+class VirtualNode(BoardFiles):
     """Runs the node firmware as a supervised MicroPython process.
 
     ``config`` is written to the node's ``config.json`` on start (the keys of the firmware's
@@ -100,23 +142,14 @@ class VirtualNode:
         micropython: str | None = None,
         control: Mapping[str, Any] | None = None,
     ) -> None:
-        if board not in BOARDS:
-            raise ValueError(f"board: {board!r} is not one of {', '.join(BOARDS)}")
-        self.directory = directory
-        self.fs = directory / "fs"
-        self.control_path = directory / "control.json"
-        self.events_path = directory / "events.jsonl"
-        self.console_log = directory / "console.log"
-        self.wdt_path = directory / "wdt"
+        super().__init__(directory, board, control)
         self.config = dict(config)
-        self.board = board
         self.unique_id = unique_id
         self.heapsize = heapsize
         self.micropython = micropython or find_micropython()
         self.firmware = firmware_dir()
         self.boots = 0
         self.last_exit: int | None = None
-        self._control: dict[str, Any] = dict(control or {})
         self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -192,27 +225,7 @@ class VirtualNode:
             except TimeoutError:
                 raise ConsoleError(f"no answer to {command!r} within {timeout}s") from None
 
-    def events(self) -> list[dict[str, Any]]:
-        """The node's event log: boots, exits, watchdog expiries, pin changes."""
-        if not self.events_path.exists():
-            return []
-        out = []
-        for line in self.events_path.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-        return out
-
     # -- internals ---------------------------------------------------------------------------
-    def _write_control(self) -> None:
-        tmp = self.control_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._control))
-        tmp.replace(self.control_path)
-
-    def _event(self, kind: str, **detail: Any) -> None:
-        detail.update(ev=kind, t=int(time.time() * 1000))
-        with self.events_path.open("a") as f:
-            f.write(json.dumps(detail) + "\n")
-
     def _env(self) -> dict[str, str]:
         fw = self.firmware
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ROOST_", "MICROPY"))}
