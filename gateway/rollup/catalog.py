@@ -17,6 +17,7 @@ Every function that writes runs inside a store transaction (``StoreWriter.execut
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ __all__ = [
     "check_files",
     "due_hours",
     "entries",
+    "file_sha256",
     "get_state",
     "mark_for_reroll",
     "record",
@@ -240,3 +242,12 @@ def check_files(conn: sqlite3.Connection, root: Path) -> tuple[list[int], list[s
         problems.append(f"{label(e.hour)}: {e.path} {what}{loss}")
         hours.append(e.hour)
     return hours, problems
+
+
+def file_sha256(path: Path) -> str:
+    """The checksum the catalog records for a Parquet file (and ``roost parquet verify`` checks)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

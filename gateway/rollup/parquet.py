@@ -17,7 +17,6 @@ the directory fsynced: readers see the old file or the new one, never a part.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sqlite3
 import tempfile
@@ -31,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gateway.rollup.catalog import Rolled, Window
+from gateway.rollup.catalog import Rolled, Window, file_sha256
 from gateway.rollup.hours import HOUR_MS, relpath
 
 __all__ = ["SCHEMA", "SORT_ROWS", "WRITE_OPTIONS", "roll_hour", "write_options"]
@@ -266,14 +265,6 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _make_dirs(path: Path) -> None:
     """Create the partition directories, fsyncing each parent that gained an entry."""
     missing = []
@@ -339,7 +330,7 @@ def roll_hour(
             tmp.unlink()
             return Rolled(hour, rel, 0, 0, "", max_id)
         _fsync(tmp)
-        digest = _sha256(tmp)
+        digest = file_sha256(tmp)
         size = tmp.stat().st_size
         tmp.replace(final)
         _fsync(final.parent)

@@ -3,7 +3,6 @@ and reads back. Imports pyarrow: CLI only."""
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gateway.rollup import catalog
+from gateway.rollup.catalog import file_sha256
 from gateway.rollup.hours import DATASET, label
 
 __all__ = ["Report", "verify"]
@@ -26,14 +26,6 @@ class Report:
     #: Files in the dataset the catalog does not list (not an error: a crash between the
     #: rename and the catalog commit leaves one; the next rollup records it).
     unlisted: list[str] = field(default_factory=list)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify(
@@ -53,7 +45,7 @@ def verify(
         size = path.stat().st_size
         if size != e.bytes:
             report.problems.append(f"{where}: {size} bytes, the catalog says {e.bytes}")
-        if _sha256(path) != e.sha256:
+        if file_sha256(path) != e.sha256:
             report.problems.append(f"{where}: checksum differs from the catalog's")
         try:
             pf = pq.ParquetFile(path)
