@@ -121,3 +121,54 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     from tests.hil.options import add_options
 
     add_options(parser)
+
+
+class InProcessGateways:
+    """Gateways run in the test's own event loop against a test broker.
+
+    ``await gateways.start(toml)`` returns a connected ``Gateway``; at teardown every gateway is
+    stopped and must exit cleanly (code 0), so a shutdown that breaks fails the test.
+    """
+
+    def __init__(self, broker_url: str, tmp_path: Path) -> None:
+        self.broker_url = broker_url
+        self.tmp_path = tmp_path
+        self.running: list[tuple[object, asyncio.Task[int]]] = []
+
+    async def start(self, toml: str = "", *, data_dir: Path | None = None,
+                    overrides: dict | None = None, ready=None):  # type: ignore[no-untyped-def,type-arg]
+        from gateway.config import load_settings
+        from gateway.service import Gateway
+
+        cfg = self.tmp_path / f"roost{len(self.running)}.toml"
+        cfg.write_text(toml)
+        over = {"gateway": {"data_dir": str(data_dir or self.tmp_path / "data")},
+                "mqtt": {"url": self.broker_url}}
+        for section, values in (overrides or {}).items():
+            over.setdefault(section, {}).update(values)
+        settings, _ = load_settings(cfg, overrides=over, env={})
+        gw = Gateway(settings)
+        task = asyncio.create_task(gw.run(handle_signals=False))
+        self.running.append((gw, task))
+
+        def up() -> bool:
+            if task.done():  # it failed on start: show why
+                raise AssertionError(f"gateway stopped: {task.exception() or task.result()!r}")
+            connected = gw.ingest is not None and gw.ingest.state.connected
+            return bool(connected and (ready is None or ready(gw)))
+
+        await wait_for(up, what="gateway connected")
+        return gw
+
+    async def stop_all(self) -> None:
+        for gw, _ in self.running:
+            gw.stop()  # type: ignore[attr-defined]
+        for _, task in self.running:
+            assert await asyncio.wait_for(task, 30) == 0
+
+
+@pytest.fixture
+async def gateways(broker: ManagedBroker, tmp_path: Path) -> AsyncIterator[InProcessGateways]:
+    g = InProcessGateways(broker.url, tmp_path)
+    yield g
+    await g.stop_all()

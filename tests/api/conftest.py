@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,9 +11,8 @@ import httpx
 import pytest
 
 from gateway.broker.managed import ManagedBroker
-from gateway.config import load_settings
 from gateway.service import Gateway
-from tests.conftest import free_port, wait_for
+from tests.conftest import InProcessGateways, free_port, wait_for
 from tests.gateway.helpers import counter, publish_all
 
 
@@ -50,45 +47,23 @@ StartGateway = Callable[..., Awaitable[Running]]
 
 
 @pytest.fixture
-async def start_gateway(
-    broker: ManagedBroker, tmp_path: Path
-) -> AsyncIterator[StartGateway]:
+def start_gateway(broker: ManagedBroker, gateways: InProcessGateways) -> StartGateway:
     """``await start_gateway(ws_queue=4, ...)``: a gateway with these ``[api]`` settings."""
-    started: list[tuple[Gateway, asyncio.Task[int]]] = []
+    count = 0
 
     async def start(**api: Any) -> Running:
+        nonlocal count
         port = free_port()
-        data_dir = tmp_path / f"data{len(started)}"
-        settings, _ = load_settings(
-            None,
-            overrides={
-                "gateway": {"data_dir": str(data_dir)},
-                "mqtt": {"url": broker.url},
-                "http": {"host": "127.0.0.1", "port": port},
-                "api": api,
-            },
-            env={},
-            search=(),
+        data_dir = gateways.tmp_path / f"data{count}"
+        count += 1
+        gw = await gateways.start(
+            data_dir=data_dir,
+            overrides={"http": {"host": "127.0.0.1", "port": port}, "api": api},
+            ready=lambda g: g.api is not None and g.api.bound.is_set(),
         )
-        gw = Gateway(settings)
-        task = asyncio.create_task(gw.run(handle_signals=False))
-        started.append((gw, task))
-        def ready() -> bool:
-            if task.done():  # failed on start: show why
-                raise AssertionError(f"gateway stopped: {task.exception() or task.result()!r}")
-            return bool(
-                gw.ingest is not None and gw.ingest.state.connected
-                and gw.api is not None and gw.api.bound.is_set()
-            )
-
-        await wait_for(ready, what="gateway connected and serving")
         return Running(gw, f"http://127.0.0.1:{port}", broker, data_dir)
 
-    yield start
-    for gw, task in started:
-        gw.stop()
-        with contextlib.suppress(Exception):
-            assert await asyncio.wait_for(task, 30) == 0
+    return start
 
 
 @pytest.fixture

@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from gateway.broker.managed import ManagedBroker
-from gateway.config import load_settings
 from gateway.mqtt.client import ConnectOptions, Connection
 from gateway.service import Gateway
 from gateway.store import writer as writer_module
-from tests.conftest import wait_for
+from tests.conftest import InProcessGateways, wait_for
 from tests.gateway.helpers import count, counter, db, publish_all, reading
 
 pytestmark = pytest.mark.integration
@@ -38,22 +36,8 @@ rename = { am2301_temperature = "temp_c", am2301_humidity = "rh_pct" }
 
 
 @pytest.fixture
-async def gateway(broker: ManagedBroker, tmp_path: Path) -> AsyncIterator[Gateway]:
-    cfg = tmp_path / "roost.toml"
-    cfg.write_text(MAPPINGS)
-    settings, _ = load_settings(
-        cfg,
-        overrides={"gateway": {"data_dir": str(tmp_path / "data")}, "mqtt": {"url": broker.url}},
-        env={},
-    )
-    gw = Gateway(settings)
-    task = asyncio.create_task(gw.run(handle_signals=False))
-    await wait_for(lambda: gw.ingest is not None and gw.ingest.state.connected, what="connect")
-    try:
-        yield gw
-    finally:
-        gw.stop()
-        assert await asyncio.wait_for(task, 30) == 0
+async def gateway(gateways: InProcessGateways) -> Gateway:
+    return await gateways.start(MAPPINGS)
 
 
 async def pub(broker: ManagedBroker, items: list[tuple[str, bytes]]) -> None:

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from gateway.broker.managed import ManagedBroker
-from gateway.config import load_settings
 from gateway.rollup.hours import HOUR_MS, label, relpath
 from gateway.service import Gateway
 from gateway.store.writer import now_ms
-from tests.conftest import wait_for
+from tests.conftest import InProcessGateways, wait_for
 from tests.gateway.helpers import counter, publish_all
 from tests.rollup.conftest import HOUR, Store, duck, fleet, msg
 
@@ -44,20 +41,9 @@ def store_rows(s: Store, hour: int) -> list[tuple[object, ...]]:
 
 
 @pytest.fixture
-async def gateway(broker: ManagedBroker, tmp_path: Path) -> AsyncIterator[Gateway]:
-    cfg = tmp_path / "roost.toml"
-    cfg.write_text("[rollup]\nenabled = false\n")  # the test runs the passes itself
-    settings, _ = load_settings(
-        cfg, overrides={"gateway": {"data_dir": str(tmp_path / "data")},
-                        "mqtt": {"url": broker.url}}, env={})
-    gw = Gateway(settings)
-    task = asyncio.create_task(gw.run(handle_signals=False))
-    await wait_for(lambda: gw.ingest is not None and gw.ingest.state.connected, what="connect")
-    try:
-        yield gw
-    finally:
-        gw.stop()
-        assert await asyncio.wait_for(task, 30) == 0
+async def gateway(gateways: InProcessGateways) -> Gateway:
+    # The test runs the rollup passes itself.
+    return await gateways.start("[rollup]\nenabled = false\n")
 
 
 @pytest.mark.integration

@@ -6,17 +6,16 @@ import asyncio
 import json
 import signal
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from gateway.broker.managed import ManagedBroker
-from gateway.config import load_settings
 from gateway.model import Message
 from gateway.service import Gateway
 from gateway.store.writer import StoreWriter, Unit
-from tests.conftest import wait_for
+from tests.conftest import InProcessGateways, wait_for
 from tests.gateway.helpers import count, publish_all, reading
 from tests.sync.conftest import CloudBroker, MqttReader, Tansu
 
@@ -39,24 +38,11 @@ def kafka_sink(bootstrap: str, **extra: object) -> str:
 
 
 @pytest.fixture
-async def start_gateway(broker: ManagedBroker, tmp_path: Path):  # type: ignore[no-untyped-def]
-    running: list[tuple[Gateway, asyncio.Task[int]]] = []
-
+def start_gateway(gateways: InProcessGateways):  # type: ignore[no-untyped-def]
     async def start(config: str, name: str = "gw1") -> Gateway:
-        cfg = tmp_path / "roost.toml"
-        cfg.write_text(f'[gateway]\nname = "{name}"\n' + config)
-        settings, _ = load_settings(cfg, env={}, overrides={
-            "gateway": {"data_dir": str(tmp_path / "data")}, "mqtt": {"url": broker.url}})
-        gw = Gateway(settings)
-        task = asyncio.create_task(gw.run(handle_signals=False))
-        running.append((gw, task))
-        await wait_for(lambda: gw.ingest is not None and gw.ingest.state.connected)
-        return gw
+        return await gateways.start(f'[gateway]\nname = "{name}"\n' + config)
 
-    yield start
-    for gw, task in running:
-        gw.stop()
-        assert await asyncio.wait_for(task, 30) == 0
+    return start
 
 
 async def stop(gw: Gateway) -> None:
