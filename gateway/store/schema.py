@@ -166,6 +166,24 @@ MIGRATIONS: tuple[str, ...] = (
         value       INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 4: hourly aggregates per node and metric, recorded with each rolled hour in the same
+    # transaction as its catalog entry (gateway/rollup). Long-range series read these instead of
+    # every raw row, and they outlive the hot rows (retention prunes SQLite, not these); they go
+    # when the hour's Parquet file is dropped. They cover exactly the hour's messages with
+    # id <= parquet_hours.max_id; later (late) messages are added from raw rows until re-rolled.
+    """
+    CREATE TABLE hour_stats (
+        node_ref    INTEGER NOT NULL,
+        metric_ref  INTEGER NOT NULL,
+        hour        INTEGER NOT NULL,      -- epoch ms of the UTC hour's start
+        n           INTEGER NOT NULL,      -- readings in the hour
+        sum         REAL NOT NULL,
+        min         REAL NOT NULL,
+        max         REAL NOT NULL,
+        PRIMARY KEY (node_ref, metric_ref, hour)
+    ) WITHOUT ROWID;
+    CREATE INDEX hour_stats_hour ON hour_stats (hour);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
