@@ -24,11 +24,14 @@ command -v mosquitto_pub >/dev/null 2>&1 || pkgs+=(mosquitto-clients)
 command -v sqlite3 >/dev/null 2>&1 || pkgs+=(sqlite3)
 # openssl: the sync tests make a CA and a server certificate for the TLS cloud broker.
 [ $want_test -eq 1 ] && ! command -v openssl >/dev/null 2>&1 && pkgs+=(openssl)
-# The Pi image tests (tests/image): shellcheck, a Debian rootfs (mmdebstrap), booted in nspawn.
+# The Pi image tests (tests/image): shellcheck, a Debian rootfs (mmdebstrap), booted in nspawn
+# and in qemu (the access-point test: a disk image by mke2fs -d, read back by debugfs).
 if [ $want_test -eq 1 ]; then
   command -v shellcheck >/dev/null 2>&1 || pkgs+=(shellcheck)
   command -v mmdebstrap >/dev/null 2>&1 || pkgs+=(mmdebstrap)
   command -v systemd-nspawn >/dev/null 2>&1 || pkgs+=(systemd-container)
+  command -v qemu-system-x86_64 >/dev/null 2>&1 || pkgs+=(qemu-system-x86)
+  command -v debugfs >/dev/null 2>&1 || pkgs+=(e2fsprogs)
 fi
 python3 -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv)
 # Node.js and npm: build the dashboard (web/) once; the gateway itself never runs Node.

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 from rich.console import Console
@@ -165,6 +165,8 @@ def node_config(
     wifi_password: str | None = None,
     gateway: str | None = None,
     mqtt_port: int | None = None,
+    mqtt_user: str | None = None,
+    mqtt_password: str | None = None,
     test_mode: bool = False,
     interval_s: float | None = None,
     extra: Mapping[str, Any] | None = None,
@@ -186,11 +188,39 @@ def node_config(
         if mqtt_port is not None:
             gw["port"] = mqtt_port
         cfg["gateway"] = gw
+    if (mqtt_user is None) != (mqtt_password is None):
+        raise FlashError(
+            "--mqtt-user and --mqtt-password go together (roost nodes add prints both)"
+        )
+    if mqtt_user is not None:
+        cfg["mqtt"] = {**cfg.get("mqtt", {}), "user": mqtt_user, "password": mqtt_password}
     if test_mode:
         cfg["test_mode"] = True
     if interval_s is not None:
         cfg["interval_s"] = interval_s
     return cfg
+
+
+def read_credentials(text: str, node_id: str, source: str) -> tuple[str, str]:
+    """(user, password) from what ``roost nodes add <id> --json`` printed, for ``node_id``."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise FlashError(
+            f"--credentials {source}: not JSON (use `roost nodes add ID --json`)"
+        ) from None
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), str) and data.get(k) for k in ("node_id", "user", "password")
+    ):
+        raise FlashError(
+            f"--credentials {source}: needs node_id, user and password "
+            "(the output of `roost nodes add ID --json`)"
+        )
+    if data["node_id"] != node_id:
+        raise FlashError(
+            f"--credentials {source}: they are node {data['node_id']!r}'s, not {node_id!r}'s"
+        )
+    return str(data["user"]), str(data["password"])
 
 
 def plan(board: str, fw: Path | None = None) -> list[tuple[Path, str]]:
@@ -429,6 +459,12 @@ def flash(
 @click.option("--wifi-password", help="Its password.")
 @click.option("--gateway", "gateway_host", help="Gateway host as the node reaches it.")
 @click.option("--mqtt-port", type=int, help="The gateway broker's port (default 1883).")
+@click.option("--mqtt-user", help="The node's MQTT user (roost nodes add prints it).")
+@click.option("--mqtt-password", help="Its password (visible in ps: prefer --credentials).")
+@click.option(
+    "--credentials", "credentials", type=click.File("r"),
+    help="What `roost nodes add ID --json` printed, a file or - for stdin.",
+)
 @click.option("--interval", "interval_s", type=float, help="Seconds between readings.")
 @click.option("--test-mode", is_flag=True, help="Enable the console protocol for test rigs.")
 @click.option(
@@ -441,8 +477,9 @@ def flash(
               help="Seconds to wait for the birth message.")
 def command(
     board: str, port: str, node_id: str, wifi_ssid: str | None, wifi_password: str | None,
-    gateway_host: str | None, mqtt_port: int | None, interval_s: float | None, test_mode: bool,
-    config_json: Path | None, source: bool, no_wait: bool, timeout: float,
+    gateway_host: str | None, mqtt_port: int | None, mqtt_user: str | None,
+    mqtt_password: str | None, credentials: TextIO | None, interval_s: float | None,
+    test_mode: bool, config_json: Path | None, source: bool, no_wait: bool, timeout: float,
 ) -> None:
     """Write the node firmware and its config.json to a board over USB serial (mpremote)."""
     out = Console(stderr=True)
@@ -450,9 +487,16 @@ def command(
         extra = json.loads(config_json.read_text()) if config_json else None
         if extra is not None and not isinstance(extra, dict):
             raise FlashError(f"{config_json}: must hold a JSON object")
+        if credentials is not None:
+            if mqtt_user is not None or mqtt_password is not None:
+                raise FlashError("--credentials or --mqtt-user/--mqtt-password, not both")
+            mqtt_user, mqtt_password = read_credentials(
+                credentials.read(), node_id, credentials.name
+            )
         cfg = node_config(
             node_id, wifi_ssid=wifi_ssid, wifi_password=wifi_password, gateway=gateway_host,
-            mqtt_port=mqtt_port, test_mode=test_mode, interval_s=interval_s, extra=extra,
+            mqtt_port=mqtt_port, mqtt_user=mqtt_user, mqtt_password=mqtt_password,
+            test_mode=test_mode, interval_s=interval_s, extra=extra,
         )
     except (FlashError, ValueError) as exc:
         out.print(f"[bold red]roost flash:[/] {exc}", highlight=False, soft_wrap=True)

@@ -10,7 +10,9 @@ commands. The ACL text lives here only: the image's provision.sh writes it with
 from __future__ import annotations
 
 import argparse
+import base64
 import grp
+import hashlib
 import json
 import os
 import re
@@ -34,6 +36,7 @@ __all__ = [
     "add_node",
     "has_user",
     "new_password",
+    "password_hash",
     "register",
     "set_password",
     "write_acl",
@@ -107,26 +110,47 @@ def has_user(passwd_file: Path, user: str) -> bool:
     )
 
 
-def _mosquitto_passwd() -> str:
-    exe = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-    if not Path(exe).is_file():
-        raise NodeAuthError(
-            "mosquitto_passwd not found: install mosquitto (sudo apt-get install mosquitto)"
-        )
-    return exe
+# mosquitto 2's password-file hash: "$7$<iterations>$<base64 salt>$<base64 PBKDF2-SHA512>".
+# Hashing here instead of calling mosquitto_passwd keeps the password off every command line
+# (ps, /proc/<pid>/cmdline). 101 iterations and a 12-byte salt are mosquitto_passwd's own
+# defaults; the passwords are 144 random bits, so a slow hash buys nothing against guessing.
+HASH_ITERATIONS = 101
+_SALT_BYTES = 12
+
+
+def password_hash(password: str, *, salt: bytes | None = None,
+                  iterations: int = HASH_ITERATIONS) -> str:
+    """The ``$7$`` entry mosquitto 2 checks ``password`` against (a new salt unless given)."""
+    salt = secrets.token_bytes(_SALT_BYTES) if salt is None else salt
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, iterations, 64)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
 def set_password(passwd_file: Path, user: str, password: str) -> None:
-    """Add or replace ``user`` in mosquitto's password file (hashed by mosquitto_passwd)."""
+    """Add or replace ``user`` in mosquitto's password file (root:mosquitto 0640).
+
+    The new file is written next to the old one with its final mode before it replaces it, so
+    the hashes are never readable by others, not even for a moment.
+    """
+    if ":" in user or "\n" in user:
+        raise NodeAuthError(f"user name {user!r} cannot go into a mosquitto password file")
     passwd_file.parent.mkdir(parents=True, exist_ok=True)
-    create = not passwd_file.is_file() or passwd_file.stat().st_size == 0
-    cmd = [_mosquitto_passwd(), *(["-c"] if create else []), "-b", str(passwd_file), user, password]
-    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if r.returncode != 0 or not has_user(passwd_file, user):
-        raise NodeAuthError(
-            f"mosquitto_passwd failed for {passwd_file}: {(r.stderr or r.stdout).strip()}"
-        )
-    _own(passwd_file, 0o640)
+    lines = []
+    if passwd_file.is_file():
+        prefix = f"{user}:"
+        lines = [
+            line
+            for line in passwd_file.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.startswith(prefix)
+        ]
+    lines.append(f"{user}:{password_hash(password)}")
+    tmp = passwd_file.with_name(passwd_file.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    _own(tmp, 0o640)
+    tmp.replace(passwd_file)
 
 
 def reload_mosquitto() -> str:

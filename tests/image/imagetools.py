@@ -68,13 +68,20 @@ def cache_lock(name: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def base_tarball() -> Path:
-    """A bookworm amd64 minbase + systemd + the image's packages, cached by the package list."""
-    pkgs = sorted(set(BASE_PACKAGES + image_packages()))
+# The VM test's rootfs (test_vm.py) also needs a kernel (its modules give mac80211_hwsim), udev
+# for NetworkManager to see the radios, a DHCP client and libstdc++ for the node on the second
+# radio. A separate tarball: the nspawn tests do not pay for the kernel and its initramfs.
+VM_PACKAGES = ["linux-image-amd64", "udev", "kmod", "isc-dhcp-client", "libstdc++6"]
+
+
+def base_tarball(extra: tuple[str, ...] = (), name: str = "base") -> Path:
+    """A bookworm amd64 minbase + systemd + the image's packages (+ ``extra``), cached by the
+    package list under ``name``."""
+    pkgs = sorted(set(BASE_PACKAGES + image_packages() + list(extra)))
     sources = HOST_SOURCES.read_text() if HOST_SOURCES else ""
     key = hashlib.sha256(f"{SUITE} {sources} {' '.join(pkgs)}".encode()).hexdigest()[:16]
-    tar = CACHE / f"base-{SUITE}-{key}.tar"
-    with cache_lock("base"):
+    tar = CACHE / f"{name}-{SUITE}-{key}.tar"
+    with cache_lock(name):
         if tar.is_file():
             return tar
         tmp = tar.with_name(tar.stem + ".part.tar")
@@ -87,10 +94,34 @@ def base_tarball() -> Path:
             tmp.unlink(missing_ok=True)
             pytest.fail(f"mmdebstrap failed:\n{r.stderr[-3000:]}")
         tmp.replace(tar)
-        for old in CACHE.glob(f"base-{SUITE}-*.tar"):
+        for old in CACHE.glob(f"{name}-{SUITE}-*.tar"):
             if old != tar:
                 old.unlink()
     return tar
+
+
+def provisioned_root(work: Path, tarball: Path) -> Path:
+    """``tarball`` unpacked into ``work/root`` and provisioned by provision.sh with the current
+    wheel (in nspawn, the way pi-gen's chroot would run it)."""
+    wheel = build_wheel(work / "dist")
+    house = wheelhouse(wheel)
+    root = work / "root"
+    root.mkdir()
+    subprocess.run(["tar", "-C", str(root), "-xf", str(tarball)], check=True)
+    src = root / "root" / "roost-src"
+    shutil.copytree(IMAGE, src / "deploy" / "pi-image")
+    (src / "docs").mkdir(parents=True)
+    if (REPO / "docs" / "pi-image.md").is_file():
+        shutil.copy(REPO / "docs" / "pi-image.md", src / "docs")
+    shutil.copy(wheel, root / "root" / wheel.name)
+    r = nspawn(
+        root, "--pipe", f"--bind-ro={house}:/root/wheelhouse",
+        "/bin/bash", "/root/roost-src/deploy/pi-image/provision.sh",
+        "--wheel", f"/root/{wheel.name}", "--wheelhouse", "/root/wheelhouse",
+    )
+    (work / "provision.log").write_text(r.stdout + r.stderr)
+    assert r.returncode == 0, f"provision.sh failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return root
 
 
 def build_wheel(out: Path) -> Path:

@@ -19,14 +19,11 @@ import pytest
 
 from tests.image.imagetools import (
     BOOT,
-    IMAGE,
-    REPO,
     base_tarball,
-    build_wheel,
     ensure_tools,
     is_root,
     nspawn,
-    wheelhouse,
+    provisioned_root,
 )
 
 pytestmark = pytest.mark.integration
@@ -46,24 +43,7 @@ def rootfs() -> Iterator[Path]:
     ensure_tools({"mmdebstrap": "mmdebstrap", "systemd-nspawn": "systemd-container"})
     work = Path(tempfile.mkdtemp(prefix="roost-image-", dir="/var/tmp"))
     try:
-        wheel = build_wheel(work / "dist")
-        house = wheelhouse(wheel)
-        root = work / "root"
-        root.mkdir()
-        subprocess.run(["tar", "-C", str(root), "-xf", str(base_tarball())], check=True)
-        src = root / "root" / "roost-src"
-        shutil.copytree(IMAGE, src / "deploy" / "pi-image")
-        (src / "docs").mkdir(parents=True)
-        if (REPO / "docs" / "pi-image.md").is_file():
-            shutil.copy(REPO / "docs" / "pi-image.md", src / "docs")
-        shutil.copy(wheel, root / "root" / wheel.name)
-        r = nspawn(
-            root, "--pipe", f"--bind-ro={house}:/root/wheelhouse",
-            "/bin/bash", "/root/roost-src/deploy/pi-image/provision.sh",
-            "--wheel", f"/root/{wheel.name}", "--wheelhouse", "/root/wheelhouse",
-        )
-        (work / "provision.log").write_text(r.stdout + r.stderr)
-        assert r.returncode == 0, f"provision.sh failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+        root = provisioned_root(work, base_tarball())
         # The test's check unit, its negative control and the boot partition's roost.toml.
         libdir = root / "usr/local/lib/roost-imagetest"
         libdir.mkdir(parents=True)

@@ -25,11 +25,6 @@ from gateway.nodeauth import GATEWAY_USER, NodeAuthError, add_node, has_user
 
 BOOT = Path(__file__).resolve().parent / "boot"
 
-needs_passwd = pytest.mark.skipif(
-    shutil.which("mosquitto_passwd") is None and not Path("/usr/bin/mosquitto_passwd").exists(),
-    reason="mosquitto_passwd missing (./setup.sh installs mosquitto)",
-)
-
 
 def keyfile(text: str) -> configparser.ConfigParser:
     cp = configparser.ConfigParser(interpolation=None, delimiters=("=",))
@@ -115,7 +110,6 @@ def _root(tmp_path: Path) -> tuple[Paths, Path]:
     return Paths(root), root / "boot/firmware/roost.toml"
 
 
-@needs_passwd
 def test_run_applies_a_valid_file_and_moves_it(tmp_path: Path) -> None:
     paths, boot_file = _root(tmp_path)
     shutil.copy(BOOT / "roost-valid.toml", boot_file)
@@ -147,7 +141,6 @@ def test_run_applies_a_valid_file_and_moves_it(tmp_path: Path) -> None:
     assert not paths("/var/lib/roost/firstboot-error.txt").exists()
 
 
-@needs_passwd
 def test_run_with_an_invalid_file_keeps_settings_and_leaves_an_error(tmp_path: Path) -> None:
     paths, boot_file = _root(tmp_path)
     shutil.copy(BOOT / "roost-valid.toml", boot_file)
@@ -169,7 +162,6 @@ def test_run_with_an_invalid_file_keeps_settings_and_leaves_an_error(tmp_path: P
     assert not paths("/var/lib/roost/firstboot-error.txt").exists()
 
 
-@needs_passwd
 def test_run_without_a_file_creates_credentials_and_a_default_hotspot(tmp_path: Path) -> None:
     paths, boot_file = _root(tmp_path)
     report = run(paths, boot_file)
@@ -183,7 +175,6 @@ def test_run_without_a_file_creates_credentials_and_a_default_hotspot(tmp_path: 
     assert run(paths, boot_file).applied == []
 
 
-@needs_passwd
 def test_nodes_add_validates_and_refuses_duplicates(tmp_path: Path) -> None:
     passwd, acl = tmp_path / "passwd", tmp_path / "acl"
     pw = add_node("node-a", passwd_file=passwd, acl_file=acl)

@@ -1,0 +1,111 @@
+"""``roost nodes add`` writes mosquitto 2's ``$7$`` hashes itself (no password on a command line):
+the same hash as mosquitto_passwd for the same salt, and a real mosquitto accepts the node's
+password and refuses a wrong or rotated-out one."""
+
+from __future__ import annotations
+
+import base64
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.nodeauth import add_node, password_hash, set_password
+from tests.conftest import free_port
+
+needs_mosquitto = pytest.mark.skipif(
+    shutil.which("mosquitto_passwd") is None or shutil.which("mosquitto_pub") is None,
+    reason="mosquitto and mosquitto-clients missing (./setup.sh installs them)",
+)
+
+
+@needs_mosquitto
+def test_hash_equals_mosquitto_passwd_for_the_same_salt(tmp_path: Path) -> None:
+    ref = tmp_path / "ref"
+    password = "p4ss: wörd with spaces"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(ref), "u", password], check=True)
+    entry = ref.read_text().strip().split(":", 1)[1]
+    _, kind, iterations, salt, _digest = entry.split("$")
+    assert kind == "7"
+    assert password_hash(password, salt=base64.b64decode(salt), iterations=int(iterations)) == entry
+    assert password_hash("other", salt=base64.b64decode(salt), iterations=int(iterations)) != entry
+
+
+def test_set_password_needs_no_tool_and_replaces_only_that_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no mosquitto_passwd to fall back on
+    passwd = tmp_path / "passwd"
+    set_password(passwd, "a", "one")
+    set_password(passwd, "b", "two")
+    first_b = passwd.read_text().splitlines()[1]
+    set_password(passwd, "a", "three")
+    lines = passwd.read_text().splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["b", "a"] and lines[0] == first_b
+    assert passwd.stat().st_mode & 0o777 == 0o640
+    assert not (tmp_path / "passwd.tmp").exists()
+
+
+def _wait_port(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"mosquitto did not listen on {port}")
+
+
+def pub(port: int, user: str | None, password: str | None) -> bool:
+    """A QoS1 publish under the node's own topic; True when the broker accepted the CONNECT."""
+    auth = [] if user is None else ["-u", user, "-P", password or ""]
+    r = subprocess.run(
+        ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), *auth,
+         "-q", "1", "-t", f"roost/v1/{user}/status", "-m", "{}"],
+        capture_output=True, text=True, timeout=20, check=False,
+    )
+    return r.returncode == 0
+
+
+@needs_mosquitto
+def test_real_mosquitto_accepts_the_hash_and_refuses_wrong_passwords(tmp_path: Path) -> None:
+    passwd, acl = tmp_path / "passwd", tmp_path / "acl"
+    pw_a = add_node("node-a", passwd_file=passwd, acl_file=acl)
+    pw_b = add_node("node-b", passwd_file=passwd, acl_file=acl)
+    assert "node-a:$7$101$" in passwd.read_text()
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n"
+        f"acl_file {acl}\npersistence false\nlog_dest stderr\n"
+        # As root mosquitto would switch to user mosquitto, who cannot enter tmp_path.
+        f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+    )
+    with (tmp_path / "mosquitto.log").open("w") as log:
+        proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=log, stderr=log)
+        try:
+            _wait_port(port)
+            assert pub(port, "node-a", pw_a) and pub(port, "node-b", pw_b)
+            # The negative controls: each MUST be refused.
+            assert not pub(port, "node-a", pw_b)
+            assert not pub(port, "node-a", pw_a + "x")
+            assert not pub(port, "node-c", pw_a)
+            assert not pub(port, None, None)
+            # Rotation: mosquitto re-reads the file on SIGHUP (what `systemctl reload` sends).
+            new_a = add_node("node-a", passwd_file=passwd, acl_file=acl, rotate=True)
+            os.kill(proc.pid, signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while not pub(port, "node-a", new_a) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert pub(port, "node-a", new_a)
+            assert not pub(port, "node-a", pw_a)
+            assert pub(port, "node-b", pw_b)
+        finally:
+            proc.terminate()
+            proc.wait(10)
