@@ -35,7 +35,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from gateway.mqtt.client import Connection, ConnectOptions, MqttError
+from gateway.mqtt.client import Connection, ConnectOptions, ConnectRefused, MqttError
 from gateway.virtual.node import firmware_dir
 
 __all__ = [
@@ -346,11 +346,16 @@ def _reset(transport: Any) -> None:
 
 
 # --- the gateway side ----------------------------------------------------------------------
-async def _listen(host: str, port: int, node_id: str) -> Connection:
+async def _listen(
+    host: str, port: int, node_id: str, user: str | None = None, password: str | None = None
+) -> Connection:
+    # With broker credentials (the Pi image's broker refuses anonymous clients) the watcher logs
+    # in as the node itself: the image's ACL lets a node read its own status topic.
     conn = await Connection.open(
         ConnectOptions(
             host=host, port=port, client_id=f"roost-flash-{node_id}-{int(time.time())}",
             clean_start=True, session_expiry=0, connect_timeout=5,
+            username=user, password=password,
         )
     )
     await conn.subscribe([(f"roost/v1/{node_id}/status", 0)])
@@ -394,7 +399,21 @@ def flash(
     try:
         if wait is not None:
             try:
-                conn = loop.run_until_complete(_listen(wait[0], wait[1], node_id))
+                mqtt = config.get("mqtt") or {}
+                conn = loop.run_until_complete(
+                    _listen(wait[0], wait[1], node_id, mqtt.get("user"), mqtt.get("password"))
+                )
+            except ConnectRefused as exc:
+                fix = (
+                    "check the node's credentials (roost nodes add --rotate makes new ones)"
+                    if mqtt.get("user")
+                    else "that broker needs the node's credentials: --credentials FILE "
+                    "(what `roost nodes add <id> --json` printed)"
+                )
+                raise NoBirth(
+                    f"the gateway's broker at {wait[0]}:{wait[1]} refused the birth watcher "
+                    f"({exc}): {fix}, or flash with --no-wait"
+                ) from None
             except MqttError as exc:
                 raise NoBirth(
                     f"cannot reach the gateway's broker at {wait[0]}:{wait[1]} ({exc}); "

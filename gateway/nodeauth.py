@@ -58,9 +58,10 @@ topic write roost/v1/+/cmd
 topic readwrite roost/gateway/#
 
 # Every other user is a node whose user name is its node id (`roost nodes add <node_id>`):
-# it publishes only under its own roost/v1/<node_id>/ and reads only its own commands.
+# it publishes only under its own roost/v1/<node_id>/ and reads only its own commands and its
+# own status (so `roost flash` can watch for the birth logged in as the node it flashed).
 pattern write roost/v1/%u/readings
-pattern write roost/v1/%u/status
+pattern readwrite roost/v1/%u/status
 pattern write roost/v1/%u/cmd/ack
 pattern read roost/v1/%u/cmd
 """

@@ -16,6 +16,7 @@ from gateway.flash import FlashError, node_config, read_credentials
 from gateway.nodeauth import password_hash
 from gateway.virtual.board import VirtualBoard
 from tests.hil.rig import REPO
+from tests.image.test_nodeauth import auth_broker, needs_mosquitto
 
 
 def test_config_carries_the_credentials() -> None:
@@ -76,3 +77,26 @@ def test_nodes_add_json_piped_into_flash(vboard: VirtualBoard, tmp_path: Path) -
     other = roost("flash", "--board", "pico_w", "--port", vboard.port, "--node-id", "vb-2",
                   "--credentials", "-", "--no-wait", stdin=add.stdout)
     assert other.returncode == 2 and "not 'vb-2'" in other.stderr
+
+
+@needs_mosquitto
+@pytest.mark.integration
+def test_flash_waits_for_the_birth_on_a_broker_that_refuses_anonymous_clients(
+    vboard: VirtualBoard, tmp_path: Path
+) -> None:
+    """The Pi image's broker: no anonymous clients, the image's ACL. ``roost flash`` watches for
+    the birth logged in as the node (the ACL lets a node read its own status topic)."""
+    passwd, acl = tmp_path / "passwd", tmp_path / "acl"
+    add = roost("nodes", "add", "vb-3", "--json", "--no-reload", "--passwd-file", str(passwd),
+                "--acl-file", str(acl))
+    assert add.returncode == 0, add.stderr
+    with auth_broker(tmp_path, passwd, acl) as (port, _proc):
+        flash_args = ("flash", "--board", "pico_w", "--port", vboard.port, "--node-id", "vb-3",
+                      "--gateway", "127.0.0.1", "--mqtt-port", str(port), "--source",
+                      "--timeout", "60")
+        # Without credentials the watcher is anonymous: refused before anything is written.
+        anon = roost(*flash_args)
+        assert anon.returncode == 1 and "needs the node's credentials: --credentials" in anon.stderr
+        run = roost(*flash_args, "--credentials", "-", stdin=add.stdout)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "vb-3 is online" in run.stdout + run.stderr

@@ -5,6 +5,7 @@ password and refuses a wrong or rotated-out one."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import pwd
 import shutil
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -73,39 +75,49 @@ def pub(port: int, user: str | None, password: str | None) -> bool:
     return r.returncode == 0
 
 
-@needs_mosquitto
-def test_real_mosquitto_accepts_the_hash_and_refuses_wrong_passwords(tmp_path: Path) -> None:
-    passwd, acl = tmp_path / "passwd", tmp_path / "acl"
-    pw_a = add_node("node-a", passwd_file=passwd, acl_file=acl)
-    pw_b = add_node("node-b", passwd_file=passwd, acl_file=acl)
-    assert "node-a:$7$101$" in passwd.read_text()
+@contextlib.contextmanager
+def auth_broker(
+    tmp_path: Path, passwd: Path, acl: Path
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """A real mosquitto on a free loopback port with the image's auth: password file and ACL,
+    no anonymous clients. Yields (port, process); stopped on exit."""
     port = free_port()
-    conf = tmp_path / "mosquitto.conf"
+    conf = tmp_path / "mosquitto-auth.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n"
         f"acl_file {acl}\npersistence false\nlog_dest stderr\n"
         # As root mosquitto would switch to user mosquitto, who cannot enter tmp_path.
         f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
     )
-    with (tmp_path / "mosquitto.log").open("w") as log:
+    with (tmp_path / "mosquitto-auth.log").open("w") as log:
         proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=log, stderr=log)
         try:
             _wait_port(port)
-            assert pub(port, "node-a", pw_a) and pub(port, "node-b", pw_b)
-            # The negative controls: each MUST be refused.
-            assert not pub(port, "node-a", pw_b)
-            assert not pub(port, "node-a", pw_a + "x")
-            assert not pub(port, "node-c", pw_a)
-            assert not pub(port, None, None)
-            # Rotation: mosquitto re-reads the file on SIGHUP (what `systemctl reload` sends).
-            new_a = add_node("node-a", passwd_file=passwd, acl_file=acl, rotate=True)
-            os.kill(proc.pid, signal.SIGHUP)
-            deadline = time.monotonic() + 10
-            while not pub(port, "node-a", new_a) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert pub(port, "node-a", new_a)
-            assert not pub(port, "node-a", pw_a)
-            assert pub(port, "node-b", pw_b)
+            yield port, proc
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+@needs_mosquitto
+def test_real_mosquitto_accepts_the_hash_and_refuses_wrong_passwords(tmp_path: Path) -> None:
+    passwd, acl = tmp_path / "passwd", tmp_path / "acl"
+    pw_a = add_node("node-a", passwd_file=passwd, acl_file=acl)
+    pw_b = add_node("node-b", passwd_file=passwd, acl_file=acl)
+    assert "node-a:$7$101$" in passwd.read_text()
+    with auth_broker(tmp_path, passwd, acl) as (port, proc):
+        assert pub(port, "node-a", pw_a) and pub(port, "node-b", pw_b)
+        # The negative controls: each MUST be refused.
+        assert not pub(port, "node-a", pw_b)
+        assert not pub(port, "node-a", pw_a + "x")
+        assert not pub(port, "node-c", pw_a)
+        assert not pub(port, None, None)
+        # Rotation: mosquitto re-reads the file on SIGHUP (what `systemctl reload` sends).
+        new_a = add_node("node-a", passwd_file=passwd, acl_file=acl, rotate=True)
+        os.kill(proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not pub(port, "node-a", new_a) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert pub(port, "node-a", new_a)
+        assert not pub(port, "node-a", pw_a)
+        assert pub(port, "node-b", pw_b)
