@@ -24,6 +24,7 @@ from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from gateway.api import routes, stream
+from gateway.api.cold import ColdReadError
 from gateway.api.context import ApiContext
 
 __all__ = ["STATIC", "create_app"]
@@ -63,6 +64,11 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     if exc.extra:
         body["extra"] = exc.extra
     return Response(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def _cold_error(_: Request[Any, Any, Any], exc: ColdReadError) -> Response[Any]:
+    # Cold hours could not be read (the reader logged why): the query is incomplete, so no 200.
+    return Response({"status_code": 503, "detail": f"cold data: {exc}"}, status_code=503)
 
 
 def _server_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -116,6 +122,7 @@ def create_app(ctx: ApiContext) -> Litestar:
         exception_handlers={
             ValidationException: _validation_error,
             HTTPException: _http_error,
+            ColdReadError: _cold_error,
             Exception: _server_error,
         },
         # The gateway configures logging itself; unexpected errors are logged by _server_error.

@@ -41,6 +41,9 @@ class Snapshot:
     ws_slow_disconnects: int = 0
     ingest_rate: float = 0.0
     disk_free_bytes: int = 0
+    budget_paused: bool = False
+    cold_reads: int = 0
+    cold_read_errors: int = 0
 
 
 _STORE_COUNTERS = {
@@ -114,6 +117,21 @@ class _SnapshotCollector(Collector):
             "roost_ws_slow_disconnects",
             "Clients closed for being too slow (policy disconnect)",
             value=s.ws_slow_disconnects,
+        )
+        yield GaugeMetricFamily(
+            "roost_budget_paused",
+            "1 while the disk budget pauses ingest",
+            value=1.0 if s.budget_paused else 0.0,
+        )
+        yield CounterMetricFamily(
+            "roost_api_cold_reads",
+            "API queries that read pruned hours from Parquet",
+            value=s.cold_reads,
+        )
+        yield CounterMetricFamily(
+            "roost_api_cold_read_errors",
+            "Cold reads that failed (the log says why)",
+            value=s.cold_read_errors,
         )
         backlog = GaugeMetricFamily(
             "roost_sink_backlog_messages", "Messages not yet delivered", labels=["sink"]

@@ -1,11 +1,12 @@
 """Series (bucketed) and raw readings: the read model behind ``/api/series``, ``/api/readings``,
 ``/api/export`` and the WebSocket backfill.
 
-A ``Source`` answers both kinds of question for a time range. ``SqliteSource`` reads the hot store
-now. Cold data in Parquet (the rollup) becomes a second source, and a tiered source can then split
-a range at the hot/cold boundary, ask each side, and concatenate: series buckets are aligned to
-multiples of the bucket size from the epoch, and raw readings are ordered by ``(ts, id, metric)``,
-so results from two sources join without re-sorting.
+A ``Source`` answers both kinds of question for a time range. ``SqliteSource`` reads only the hot
+store (every row SQLite still holds); ``gateway.api.tiered.TieredSource`` adds the rolled hours'
+aggregates (``hour_stats``) and the Parquet files of pruned hours, and is what the API serves.
+Both order raw readings by the reading's identity, ``(ts, node_ref, boot, seq, metric_ref)``,
+which a Parquet row carries as well as a SQLite row (a pruned message has no ``messages.id``
+any more), so pages from the two tiers merge and a cursor stays valid across the boundary.
 
 Everything here is synchronous and runs on a ``ReadPool`` thread.
 """
@@ -18,9 +19,11 @@ from typing import Protocol
 
 __all__ = [
     "NICE_BUCKETS_MS",
+    "Key",
     "Page",
     "Reading",
     "ReadingsQuery",
+    "Refs",
     "Series",
     "SeriesQuery",
     "Source",
@@ -28,6 +31,10 @@ __all__ = [
     "auto_bucket",
     "decode_cursor",
     "encode_cursor",
+    "hot_readings_sql",
+    "in_list",
+    "metric_filter",
+    "resolve_refs",
 ]
 
 S, M, H, D = 1000, 60_000, 3_600_000, 86_400_000
@@ -36,6 +43,9 @@ NICE_BUCKETS_MS = (
     1 * M, 2 * M, 5 * M, 10 * M, 15 * M, 30 * M,
     1 * H, 2 * H, 3 * H, 6 * H, 12 * H, 1 * D, 2 * D, 7 * D, 30 * D,
 )  # fmt: skip
+
+#: A reading's place in the order: (ts, node_ref, boot, seq, metric_ref).
+Key = tuple[int, int, int, int, int]
 
 
 def auto_bucket(start: int, end: int, points: int) -> int:
@@ -80,12 +90,13 @@ class ReadingsQuery:
     start: int
     end: int
     limit: int
-    after: tuple[int, int, int] | None = None
+    after: Key | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    id: int
+    #: The message's commit order; None when the row comes from Parquet (its hot row is pruned).
+    id: int | None
     node: str
     metric: str
     ts: int
@@ -103,39 +114,42 @@ class Page:
     next_cursor: str | None
 
 
-def encode_cursor(ts: int, message_id: int, metric_ref: int) -> str:
-    return f"{ts}.{message_id}.{metric_ref}"
+def encode_cursor(key: Key) -> str:
+    return ".".join(str(k) for k in key)
 
 
-def decode_cursor(text: str) -> tuple[int, int, int] | None:
+def decode_cursor(text: str) -> Key | None:
     """The position a cursor names, or None when it is not one of ours."""
     parts = text.split(".")
-    if len(parts) != 3:
+    if len(parts) != 5:
         return None
     try:
-        ts, mid, ref = (int(p) for p in parts)
+        ts, node, boot, seq, ref = (int(p) for p in parts)
     except ValueError:
         return None
-    if not (abs(ts) < 2**62 and 0 <= mid < 2**62 and 0 <= ref < 2**62):
+    if abs(ts) >= 2**62 or not all(0 <= v < 2**62 for v in (node, boot, seq, ref)):
         return None
-    return ts, mid, ref
+    return ts, node, boot, seq, ref
 
 
 class Source(Protocol):
-    """Where readings come from (SQLite now; Parquet for cold hours later)."""
+    """Where readings come from (``SqliteSource``: hot only; ``TieredSource``: hot and cold)."""
 
     def series(self, conn: sqlite3.Connection, q: SeriesQuery) -> list[Series]: ...
 
     def readings(self, conn: sqlite3.Connection, q: ReadingsQuery) -> Page: ...
 
 
-@dataclass(slots=True)
-class _Refs:
+@dataclass(frozen=True, slots=True)
+class Refs:
+    """The asked nodes and metrics by reference; ``all_metrics`` when no metric was named."""
+
     nodes: dict[int, str]
     metrics: dict[int, str]
+    all_metrics: bool
 
 
-def _refs(conn: sqlite3.Connection, q: SeriesQuery | ReadingsQuery) -> _Refs | None:
+def resolve_refs(conn: sqlite3.Connection, q: SeriesQuery | ReadingsQuery) -> Refs | None:
     """Resolve names to references; None when a named node or metric has no data at all."""
     nodes = dict(conn.execute("SELECT node_ref, node_id FROM nodes"))
     metrics = dict(conn.execute("SELECT metric_ref, name FROM metrics"))
@@ -147,30 +161,60 @@ def _refs(conn: sqlite3.Connection, q: SeriesQuery | ReadingsQuery) -> _Refs | N
         metrics = {by_name[m]: m for m in q.metrics if m in by_name}
     if not nodes or not metrics:
         return None
-    return _Refs(nodes, metrics)
+    return Refs(nodes, metrics, not q.metrics)
 
 
-def _in(refs: dict[int, str]) -> str:
+def in_list(refs: dict[int, str]) -> str:
     # References are integers from our own tables, so inlining them is safe, and it lets SQLite
     # use the (node_ref, ts) index once per node.
     return ",".join(str(int(r)) for r in sorted(refs))
 
 
+def metric_filter(refs: Refs) -> str:
+    return "" if refs.all_metrics else f"AND r.metric_ref IN ({in_list(refs.metrics)})"
+
+
+def hot_readings_sql(refs: Refs, q: ReadingsQuery, extra: str = "") -> tuple[str, dict[str, int]]:
+    """The keyset page query over SQLite's rows; ``extra`` adds a condition on ``m``."""
+    args: dict[str, int] = {"start": q.start, "end": q.end, "limit": q.limit + 1}
+    after = ""
+    if q.after is not None:
+        # The plain ``m.ts >=`` lets the (node_ref, ts) index skip to the cursor.
+        after = (
+            "AND m.ts >= :ats AND (m.ts, m.node_ref, m.boot, m.seq, r.metric_ref) "
+            "> (:ats, :anode, :aboot, :aseq, :aref)"
+        )
+        args.update(zip(("ats", "anode", "aboot", "aseq", "aref"), q.after, strict=True))
+    sql = f"""
+        SELECT m.id, m.node_ref, r.metric_ref, m.ts, m.received, m.boot, m.seq, m.flags,
+               r.value
+        FROM messages m CROSS JOIN readings r ON r.message_id = m.id
+        WHERE m.node_ref IN ({in_list(refs.nodes)}) AND m.ts >= :start AND m.ts < :end
+          {metric_filter(refs)} {after} {extra}
+        ORDER BY m.ts, m.node_ref, m.boot, m.seq, r.metric_ref
+        LIMIT :limit
+    """
+    return sql, args
+
+
 class SqliteSource:
-    """The hot store. Queries walk ``messages (node_ref, ts)`` then the readings' primary key."""
+    """The hot store alone: every row SQLite holds, nothing from Parquet.
+
+    The reference that ``TieredSource`` must agree with while no hour is pruned. Queries walk
+    ``messages (node_ref, ts)`` then the readings' primary key.
+    """
 
     def series(self, conn: sqlite3.Connection, q: SeriesQuery) -> list[Series]:
-        refs = _refs(conn, q)
+        refs = resolve_refs(conn, q)
         if refs is None:
             return []
-        metric_filter = "" if not q.metrics else f"AND r.metric_ref IN ({_in(refs.metrics)})"
         rows = conn.execute(
             f"""
             SELECT m.node_ref, r.metric_ref, m.ts / :b AS k,
                    avg(r.value), min(r.value), max(r.value), count(*)
             FROM messages m CROSS JOIN readings r ON r.message_id = m.id
-            WHERE m.node_ref IN ({_in(refs.nodes)}) AND m.ts >= :start AND m.ts < :end
-              {metric_filter}
+            WHERE m.node_ref IN ({in_list(refs.nodes)}) AND m.ts >= :start AND m.ts < :end
+              {metric_filter(refs)}
             GROUP BY m.node_ref, r.metric_ref, k
             ORDER BY m.node_ref, r.metric_ref, k
             """,
@@ -193,27 +237,11 @@ class SqliteSource:
         return out
 
     def readings(self, conn: sqlite3.Connection, q: ReadingsQuery) -> Page:
-        refs = _refs(conn, q)
+        refs = resolve_refs(conn, q)
         if refs is None:
             return Page([], None)
-        metric_filter = "" if not q.metrics else f"AND r.metric_ref IN ({_in(refs.metrics)})"
-        after = ""
-        args: dict[str, int] = {"start": q.start, "end": q.end, "limit": q.limit + 1}
-        if q.after is not None:
-            after = "AND (m.ts, m.id, r.metric_ref) > (:ats, :aid, :aref)"
-            args.update(ats=q.after[0], aid=q.after[1], aref=q.after[2])
-        rows = conn.execute(
-            f"""
-            SELECT m.id, m.node_ref, r.metric_ref, m.ts, m.received, m.boot, m.seq, m.flags,
-                   r.value
-            FROM messages m CROSS JOIN readings r ON r.message_id = m.id
-            WHERE m.node_ref IN ({_in(refs.nodes)}) AND m.ts >= :start AND m.ts < :end
-              {metric_filter} {after}
-            ORDER BY m.ts, m.id, r.metric_ref
-            LIMIT :limit
-            """,
-            args,
-        ).fetchall()
+        sql, args = hot_readings_sql(refs, q)
+        rows = conn.execute(sql, args).fetchall()
         more = len(rows) > q.limit
         rows = rows[: q.limit]
         readings = [
@@ -222,6 +250,6 @@ class SqliteSource:
         ]
         cursor = None
         if more and rows:
-            last = rows[-1]
-            cursor = encode_cursor(last[3], last[0], last[2])
+            _, n, k, ts, _, boot, seq, _, _ = rows[-1]
+            cursor = encode_cursor((ts, n, boot, seq, k))
         return Page(readings, cursor)

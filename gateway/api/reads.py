@@ -29,6 +29,11 @@ class ReadPool:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._on_close: list[Callable[[], None]] = []
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` after the threads stopped in ``close`` (what their queries used)."""
+        self._on_close.append(fn)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -56,3 +61,5 @@ class ReadPool:
             for conn in self._conns:
                 conn.close()
             self._conns.clear()
+        for fn in self._on_close:
+            fn()

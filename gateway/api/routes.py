@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sqlite3
 import time
 from dataclasses import asdict
 from typing import Annotated, Any
@@ -19,7 +20,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from gateway.api.auth import admin_guard, read_guard
-from gateway.api.context import Ctx
+from gateway.api.context import ApiContext, Ctx
 from gateway.api.metrics import CONTENT_TYPE, Snapshot, render
 from gateway.api.params import bad_parameter, now_ms, parse_duration, parse_names, parse_time
 from gateway.api.query import (
@@ -38,6 +39,7 @@ from gateway.api.views import (
     read_node_views,
     read_quarantine,
 )
+from gateway.rollup.budget import measure
 from gateway.store.reader import read_sinks, read_stats
 
 __all__ = ["ROUTES"]
@@ -58,6 +60,58 @@ End = Annotated[str | None, QueryParameter(description="Like start; default now"
 Hours = Annotated[int, QueryParameter(ge=1, le=24 * 90, description="Completeness window in hours")]
 
 
+#: What gateway/firstboot.py writes into the data dir when the boot partition's roost.toml was
+#: refused; the dashboard shows it until a valid file is applied (which deletes it).
+FIRSTBOOT_ERROR = "firstboot-error.txt"
+
+
+def firstboot_error(ctx: ApiContext) -> str | None:
+    try:
+        text = (ctx.data_dir / FIRSTBOOT_ERROR).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    return text.strip()[:4000] or "the first-boot configuration was refused (no reason given)"
+
+
+def budget_paused(conn: sqlite3.Connection) -> bool:
+    try:
+        row = conn.execute(
+            "SELECT value FROM rollup_state WHERE name = 'budget_paused_since'"
+        ).fetchone()
+    except sqlite3.OperationalError:
+        return False
+    return bool(row and row[0])
+
+
+def read_budget(conn: sqlite3.Connection, ctx: ApiContext) -> dict[str, Any]:
+    """The disk budget as the rollup left it in the store: paused since when, and why."""
+    try:
+        row = conn.execute(
+            "SELECT value FROM rollup_state WHERE name = 'budget_paused_since'"
+        ).fetchone()
+        counters = dict(
+            conn.execute(
+                "SELECT name, value FROM counters "
+                "WHERE name IN ('budget_pauses', 'budget_dropped_hours')"
+            )
+        )
+    except sqlite3.OperationalError:
+        row, counters = None, {}
+    since = int(row[0]) if row and row[0] else None
+    usage = measure(conn, ctx.data_dir)
+    return {
+        "paused": since is not None,
+        "paused_since": since,
+        "reason": usage.over(ctx.settings.budget),
+        "data_bytes": usage.data_bytes,
+        "max_bytes": ctx.settings.budget.max_bytes,
+        "free_bytes": usage.free_bytes,
+        "min_free_bytes": ctx.settings.budget.min_free_bytes,
+        "pauses": int(counters.get("budget_pauses", 0)),
+        "dropped_hours": int(counters.get("budget_dropped_hours", 0)),
+    }
+
+
 def _range(start: str | None, end: str | None, default_span: int = DAY_MS) -> tuple[int, int]:
     now = now_ms()
     t1 = parse_time("end", end, now, now)
@@ -75,6 +129,8 @@ class Health(msgspec.Struct):
     store_writable: bool
     broker_connected: bool
     detail: list[str]
+    #: The boot partition's roost.toml was refused at first boot (the text is in /api/stats).
+    firstboot_error: bool = False
 
 
 @get("/api/health", tags=["gateway"], summary="Liveness and readiness")
@@ -96,8 +152,11 @@ async def health(ctx: Ctx) -> Response[Health]:
         why = ctx.ingest.state.last_error if ctx.ingest is not None else "no ingest"
         detail.append(f"broker: not connected ({why or 'connecting'})")
     ok = store_ok and broker_ok
+    fb = (ctx.data_dir / FIRSTBOOT_ERROR).is_file()
+    if fb:
+        detail.append("firstboot: the boot partition's roost.toml was refused (see /api/stats)")
     return Response(
-        Health("ok" if ok else "unavailable", store_ok, broker_ok, detail),
+        Health("ok" if ok else "unavailable", store_ok, broker_ok, detail, fb),
         status_code=200 if ok else 503,
     )
 
@@ -105,7 +164,9 @@ async def health(ctx: Ctx) -> Response[Health]:
 @get("/api/stats", tags=["gateway"], guards=[read_guard], summary="Ingest, store, disk, sync")
 async def stats(ctx: Ctx) -> dict[str, Any]:
     """Totals as stored, rates since start, disk, live clients and upstream sync state."""
-    st, sinks = await ctx.pool.run(lambda c: (read_stats(c, ctx.data_dir), read_sinks(c)))
+    st, sinks, budget = await ctx.pool.run(
+        lambda c: (read_stats(c, ctx.data_dir), read_sinks(c), read_budget(c, ctx))
+    )
     disk = shutil.disk_usage(ctx.data_dir)
     msgs_s, rows_s = ctx.rates.rate(60)
     ing = ctx.ingest.state if ctx.ingest is not None else None
@@ -144,13 +205,23 @@ async def stats(ctx: Ctx) -> dict[str, Any]:
             "slow_disconnects": hub.slow_disconnects,
             "policy": hub.policy,
         },
+        "budget": budget,
+        "firstboot_error": firstboot_error(ctx),
         "sinks": [asdict(s) for s in sinks],
+        "cold": {
+            "reads": ctx.cold.reads,
+            "errors": ctx.cold.errors,
+            "seconds": round(ctx.cold.seconds, 3),
+            "last_error": ctx.cold.last_error,
+        },
     }
 
 
 @get("/metrics", tags=["gateway"], guards=[read_guard], summary="Prometheus metrics")
 async def metrics(ctx: Ctx) -> Response[bytes]:
-    st, sinks = await ctx.pool.run(lambda c: (read_stats(c, ctx.data_dir), read_sinks(c)))
+    st, sinks, paused = await ctx.pool.run(
+        lambda c: (read_stats(c, ctx.data_dir), read_sinks(c), budget_paused(c))
+    )
     ing, writer, hub = ctx.ingest, ctx.writer, ctx.hub
     snap = Snapshot(
         stats=st,
@@ -168,6 +239,9 @@ async def metrics(ctx: Ctx) -> Response[bytes]:
         ws_slow_disconnects=hub.slow_disconnects,
         ingest_rate=ctx.rates.rate(60)[0],
         disk_free_bytes=shutil.disk_usage(ctx.data_dir).free,
+        budget_paused=paused,
+        cold_reads=ctx.cold.reads,
+        cold_read_errors=ctx.cold.errors,
     )
     return Response(render(snap), media_type=CONTENT_TYPE)
 

@@ -26,7 +26,7 @@ from gateway.api.auth import read_guard
 from gateway.api.context import Ctx
 from gateway.api.live import Client
 from gateway.api.params import bad_parameter, now_ms, parse_names
-from gateway.api.query import Reading, ReadingsQuery
+from gateway.api.query import Reading, ReadingsQuery, decode_cursor
 from gateway.api.routes import End, Names, Start, _range
 
 __all__ = ["ROUTES", "read_backfill"]
@@ -157,9 +157,9 @@ async def _pages(ctx: Ctx, q: ReadingsQuery) -> AsyncIterator[list[Reading]]:
             yield page.readings
         if page.next_cursor is None:
             return
-        last = page.readings[-1]
-        ref = int(page.next_cursor.rsplit(".", 1)[1])
-        q = ReadingsQuery(q.nodes, q.metrics, q.start, q.end, q.limit, (last.ts, last.id, ref))
+        q = ReadingsQuery(
+            q.nodes, q.metrics, q.start, q.end, q.limit, decode_cursor(page.next_cursor)
+        )
 
 
 async def _csv(ctx: Ctx, q: ReadingsQuery) -> AsyncIterator[bytes]:

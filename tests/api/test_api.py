@@ -29,13 +29,16 @@ async def test_health_and_stats(fleet: Running) -> None:
         r = await c.get("/api/health")
         assert r.status_code == 200
         assert r.json() == {"status": "ok", "store_writable": True, "broker_connected": True,
-                            "detail": []}
+                            "detail": [], "firstboot_error": False}
         st = (await c.get("/api/stats")).json()
     assert st["store"]["stored"] == 359 and st["store"]["rows"] == 718
     assert st["store"]["seq_gaps"] == 1
     assert st["ingest"]["connected"] is True
     assert sum(v for _, v in st["ingest"]["history"]) > 0
     assert st["disk"]["free_bytes"] > 0 and st["disk"]["store_bytes"] > 0
+    assert st["budget"]["paused"] is False and st["budget"]["pauses"] == 0
+    assert st["firstboot_error"] is None
+    assert st["cold"] == {"reads": 0, "errors": 0, "seconds": 0.0, "last_error": None}
 
 
 async def test_health_is_503_when_broker_is_gone(fleet: Running) -> None:
@@ -183,6 +186,9 @@ async def test_metrics_prometheus_text(fleet: Running) -> None:
     assert float(lines["roost_ingest_connected"]) == 1
     assert float(lines["roost_ws_clients"]) == 0
     assert "roost_store_seq_gaps_total" in lines
+    assert float(lines["roost_budget_paused"]) == 0
+    assert float(lines["roost_api_cold_reads_total"]) == 0
+    assert float(lines["roost_api_cold_read_errors_total"]) == 0
 
 
 async def test_openapi_and_docs_pages_work_offline(running: Running) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -131,3 +132,85 @@ async def test_node_chart_renders_points(browser: Any, fleet: Running, tmp_path:
     await page.locator('[data-tile="rate"]').wait_for(timeout=15_000)
     assert "oops" in (await page.content()) or "quarantine" in (await page.content()).lower()
     await snap(page, tmp_path, "health.png")
+
+
+async def test_budget_pause_and_firstboot_error_are_shown_loudly(
+    browser: Any, fleet: Running, tmp_path: Path
+) -> None:
+    page = await browser.new_page(viewport={"width": 1280, "height": 800})
+    await page.goto(fleet.base + "/")
+    await page.locator('.card[data-node="kitchen"]').wait_for(timeout=15_000)
+    # Neither state holds yet: no banner.
+    assert await page.locator("[data-alert]").count() == 0
+    # The budget pauses ingest (as gateway/rollup/budget.py records it) and first boot refused
+    # the boot partition's roost.toml (as gateway/firstboot.py writes it).
+    writer = fleet.gateway.writer
+    assert writer is not None
+    since = int(time.time() * 1000) - 90_000
+    await writer.execute(
+        lambda c: c.execute(
+            "INSERT OR REPLACE INTO rollup_state VALUES ('budget_paused_since', ?)", (since,)
+        )
+    )
+    reason = "roost.toml: [wifi] psk must be 8 to 63 characters (line 4)"
+    (fleet.data_dir / "firstboot-error.txt").write_text(reason + "\n")
+    await page.reload()
+    budget = page.locator('[data-alert="budget"]')
+    await budget.wait_for(timeout=15_000)
+    assert "Ingest paused" in (await budget.text_content() or "")
+    first = page.locator('[data-alert="firstboot"]')
+    await first.wait_for(timeout=15_000)
+    assert reason in (await first.text_content() or "")
+    # Loud: the banner is drawn in the "bad" colour, not plain text.
+    border = await budget.evaluate("el => getComputedStyle(el).borderTopColor")
+    assert border not in ("rgba(0, 0, 0, 0)", "rgb(0, 0, 0)")
+    async with fleet.client() as c:
+        assert (await c.get("/api/health")).json()["firstboot_error"] is True
+    # The health page shows the budget tile and the (empty) sync state too, with the banners.
+    await page.goto(fleet.base + "/#/health")
+    await page.locator('[data-tile="budget"] .pill.offline').wait_for(timeout=15_000)
+    await page.locator("[data-sinks]").wait_for(timeout=15_000)
+    assert await page.locator('[data-alert="budget"]').count() == 1
+    await snap(page, tmp_path, "alerts.png")
+    # Resolved: the banners go at the next refresh.
+    await writer.execute(
+        lambda c: c.execute("DELETE FROM rollup_state WHERE name = 'budget_paused_since'")
+    )
+    (fleet.data_dir / "firstboot-error.txt").unlink()
+    await page.reload()
+    await page.locator('[data-tile="budget"] .pill.online').wait_for(timeout=15_000)
+    assert await page.locator("[data-alert]").count() == 0
+
+
+async def test_sink_that_cannot_deliver_is_shown_on_every_page(
+    browser: Any, gateways: Any, tmp_path: Path
+) -> None:
+    from tests.conftest import free_port
+
+    port, dead = free_port(), free_port()  # nothing listens on ``dead``: the sink backs off
+    gw = await gateways.start(
+        f'[[sinks]]\nname = "cloud"\ntype = "mqtt"\nurl = "mqtt://127.0.0.1:{dead}"\n',
+        data_dir=tmp_path / "data",
+        overrides={"http": {"host": "127.0.0.1", "port": port}},
+        ready=lambda g: g.api is not None and g.api.bound.is_set(),
+    )
+    assert gw.api is not None
+    page = await browser.new_page(viewport={"width": 1280, "height": 800})
+    await page.goto(f"http://127.0.0.1:{port}/")
+    banner = page.locator('[data-alert="sync"]')
+    # The runner records its state as it backs off; the banner follows within a refresh or two.
+    for _ in range(6):
+        await page.reload()
+        try:
+            await page.wait_for_function(
+                "() => /backoff/.test(document.querySelector('[data-alert=\"sync\"]')"
+                "?.textContent || '')",
+                timeout=5_000,
+            )
+            break
+        except Exception:
+            continue
+    text = await banner.text_content() or ""
+    assert "cloud" in text and "backoff" in text
+    await page.goto(f"http://127.0.0.1:{port}/#/health")
+    await page.locator('[data-sink="cloud"] .pill.stale').wait_for(timeout=15_000)

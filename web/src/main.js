@@ -245,11 +245,14 @@ async function health() {
       <div class="card tile"><h2>Disk</h2><div class="big">${bytes(d.free_bytes)}<small class="sub"> free</small></div>
         <div class="bar"><i class="${usedPct > 85 ? "hot" : ""}" style="width:${usedPct}%"></i></div>
         <div class="sub">${usedPct} % used · store ${bytes(d.store_bytes)}</div></div>
+      <div class="card tile" data-tile="budget"><h2>Disk budget</h2><div class="big">${st.budget && st.budget.paused ? '<span class="pill offline">ingest paused</span>' : '<span class="pill online">ok</span>'}</div>
+        <div class="sub">data ${bytes(st.budget ? st.budget.data_bytes : 0)}${st.budget && st.budget.max_bytes ? " of " + bytes(st.budget.max_bytes) : ""} · ${st.budget ? st.budget.pauses : 0} pauses · ${st.budget ? st.budget.dropped_hours : 0} hours dropped</div></div>
       <div class="card tile"><h2>Quarantine</h2><div class="big">${s.quarantined.toLocaleString()}</div><div class="sub">bad inputs kept with their reason</div></div>
       <div class="card tile"><h2>Live clients</h2><div class="big">${st.live.clients}</div><div class="sub">${st.live.frames_dropped} frames dropped · policy ${esc(st.live.policy)}</div></div>
     </div>
-    ${st.sinks.length ? `<div class="card" style="margin-bottom:1rem"><h2>Upstream sync</h2><table><tr><th>sink</th><th>state</th><th>backlog</th><th>delivered</th><th>dead letters</th></tr>
-      ${st.sinks.map((k) => `<tr><td>${esc(k.name)} <span class="muted">${esc(k.type)}</span></td><td><span class="pill ${k.state === "online" ? "online" : k.state === "backoff" ? "stale" : "offline"}">${esc(k.state || "?")}</span> <span class="muted">${esc(k.last_error || "")}</span></td><td>${k.backlog.toLocaleString()}</td><td>${k.delivered.toLocaleString()}</td><td>${k.dead_letters}</td></tr>`).join("")}</table></div>` : ""}
+    ${!st.sinks.length ? '<div class="card" style="margin-bottom:1rem" data-sinks="none"><h2>Upstream sync</h2><div class="muted">No sink configured: readings stay on this gateway.</div></div>' : ""}
+    ${st.sinks.length ? `<div class="card" style="margin-bottom:1rem" data-sinks><h2>Upstream sync</h2><table><tr><th>sink</th><th>state</th><th>backlog</th><th>delivered</th><th>dead letters</th></tr>
+      ${st.sinks.map((k) => `<tr data-sink="${esc(k.name)}"><td>${esc(k.name)} <span class="muted">${esc(k.type)}</span></td><td><span class="pill ${k.state === "online" ? "online" : k.state === "backoff" ? "stale" : "offline"}">${esc(k.state || "?")}</span> <span class="muted">${esc(k.last_error || "")}</span></td><td>${k.backlog.toLocaleString()}</td><td>${k.delivered.toLocaleString()}</td><td>${k.dead_letters}</td></tr>`).join("")}</table></div>` : ""}
     <div class="card"><h2>Latest quarantined inputs</h2>${q.length ? `<table><tr><th>when</th><th>topic</th><th>reason</th><th>payload</th></tr>
       ${q.map((r) => `<tr><td>${ago(r.received)}</td><td><code>${esc(r.topic)}</code></td><td>${esc(r.reason)}</td><td><code>${esc(r.raw.slice(0, 120))}</code></td></tr>`).join("")}</table>` : '<div class="muted">Nothing quarantined.</div>'}</div>`;
   }
@@ -278,6 +281,47 @@ async function route() {
   }
 }
 
-api("/api/stats").then((s) => (document.getElementById("gw-name").textContent = s.gateway)).catch(() => {});
-window.addEventListener("hashchange", route);
+// -- alerts on every page ------------------------------------------------------------------------
+// States a person must not miss whatever page is open: ingest paused by the disk budget, a
+// refused first-boot configuration, an upstream sink that is not delivering.
+
+function alertsHtml(st) {
+  const out = [];
+  const b = st.budget;
+  if (b && b.paused) {
+    out.push(`<div class="banner bad" data-alert="budget" role="alert"><b>Ingest paused: disk budget reached</b>
+      <span>${b.paused_since ? "since " + ago(b.paused_since) : ""}${b.reason ? " · " + esc(b.reason) : ""}.</span>
+      <span class="muted">Nothing new is stored or acknowledged; the broker and the nodes keep the readings. Free space or raise <code>budget.max_bytes</code> / lower <code>budget.min_free_bytes</code>: ingest resumes by itself.</span></div>`);
+  }
+  if (st.firstboot_error) {
+    out.push(`<div class="banner bad" data-alert="firstboot" role="alert"><b>First-boot configuration refused</b>
+      <pre>${esc(st.firstboot_error)}</pre>
+      <span class="muted">Nothing in it was applied: the gateway runs on its previous settings. Fix <code>roost.toml</code>, put it on the SD card's boot partition again and reboot.</span></div>`);
+  }
+  const sick = (st.sinks || []).filter((k) => k.enabled !== false && k.state && k.state !== "online");
+  if (sick.length) {
+    out.push(`<div class="banner warn" data-alert="sync"><b>Upstream sync</b>
+      ${sick.map((k) => `<span><code>${esc(k.name)}</code> ${esc(k.state)}${k.backlog ? ", " + k.backlog.toLocaleString() + " waiting" : ""}${k.last_error ? ": " + esc(k.last_error) : ""}</span>`).join(" · ")}
+      <a href="#/health">details</a></div>`);
+  }
+  return out.join("");
+}
+
+const alerts = document.getElementById("alerts");
+async function refreshAlerts() {
+  try {
+    const st = await api("/api/stats");
+    document.getElementById("gw-name").textContent = st.gateway;
+    alerts.innerHTML = alertsHtml(st);
+  } catch {
+    // The page itself shows why the gateway cannot be reached.
+  }
+}
+
+refreshAlerts();
+setInterval(refreshAlerts, 10_000);
+window.addEventListener("hashchange", () => {
+  refreshAlerts();
+  route();
+});
 route();
