@@ -131,6 +131,9 @@ async def test_node_chart_renders_points(browser: Any, fleet: Running, tmp_path:
     await page.goto(fleet.base + "/#/health")
     await page.locator('[data-tile="rate"]').wait_for(timeout=15_000)
     assert "oops" in (await page.content()) or "quarantine" in (await page.content()).lower()
+    # The node page's feed was closed on purpose: the badge must not claim a reconnect.
+    await page.wait_for_timeout(500)
+    assert "reconnecting" not in (await page.locator("#live").inner_text())
     await snap(page, tmp_path, "health.png")
 
 

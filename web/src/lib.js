@@ -53,8 +53,9 @@ export class Live {
       }
     };
     ws.onclose = () => {
-      this.onState(false);
+      // A feed closed on purpose (the page changed) is not "reconnecting": say nothing.
       if (this.closed) return;
+      this.onState(false);
       this.timer = setTimeout(() => this.connect(), this.delay);
       this.delay = Math.min(this.delay * 2, 15000);
     };
