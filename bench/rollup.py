@@ -4,9 +4,11 @@
 
 One hour of N nodes (default 1,000) x 1 Hz x 3 metrics (10.8M rows) is written into a store with
 Roost's schema, then rolled by the real worker process (``python -m gateway.rollup.worker``):
-wall seconds, the worker's peak RSS, bytes per reading on disk. Twice: realistic values (random
-walks at 0.1 resolution, as DHT22s produce) and random floats. Baseline in the same run: a bare
-``pyarrow.parquet.write_table`` (zstd) of the same rows already in memory, in its own process.
+wall seconds, the worker's peak RSS (and its start alone: an hour without rows), bytes per
+reading on disk, the size of its report line (the hour's ``hour_stats`` travel in it). Twice:
+realistic values (random walks at 0.1 resolution, as DHT22s produce) and random floats.
+Baseline in the same run: a bare ``pyarrow.parquet.write_table`` (zstd) of the same rows
+already in memory, in its own process.
 Also the store's write amplification: bytes written to storage (``/proc/self/io``) per reading
 committed through the real ``StoreWriter`` (a smaller sample).
 """
@@ -22,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -81,17 +84,47 @@ def fill(db: Path, nodes: int, seconds: int, kind: str) -> int:
     return mid * 3
 
 
+def _hwm(pid: int) -> int | None:
+    """The process's peak RSS so far (VmHWM, bytes), or None once it has exited."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def run_measured(cmd: list[str]) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS (bytes) and stdout of a child process."""
+    """Wall seconds, peak RSS (bytes) and stdout of a child process.
+
+    The peak is the child's own VmHWM, polled until it exits: ``ru_maxrss`` from wait4 would
+    report the benchmark's own RSS, since Linux carries the high-water mark across the fork and
+    exec that start the child (it read 287 MB for a worker that peaked below 200 MB).
+    """
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
     assert proc.stdout is not None
+    peak = 0
+    done = threading.Event()
+
+    def poll() -> None:
+        nonlocal peak
+        while not done.is_set():
+            hwm = _hwm(proc.pid)
+            if hwm is not None:
+                peak = max(peak, hwm)
+            time.sleep(0.005)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
     out = proc.stdout.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.wait()
+    done.set()
+    poller.join()
     if proc.returncode:
         raise SystemExit(f"{cmd[:4]} failed with {proc.returncode}")
-    return time.monotonic() - start, usage.ru_maxrss * 1024, out
+    return time.monotonic() - start, peak, out
 
 
 _BASELINE = r"""
@@ -111,6 +144,9 @@ def bench_kind(work: Path, nodes: int, seconds: int, kind: str) -> dict[str, obj
            "--past-ms", str(10**12), "--future-ms", str(10**12)]
     secs, rss, out = run_measured(cmd)
     line = json.loads(out.splitlines()[-1])
+    # The worker's start alone (imports, ADBC, an hour without rows): the floor of its RSS.
+    empty = [*cmd[:5], str(HOUR - 3_600_000), *cmd[6:]]
+    _, start_rss, _ = run_measured(empty)
     _, _, base_out = run_measured(
         [sys.executable, "-c", _BASELINE, str(root / line["path"]), str(work / "baseline.parquet")]
     )
@@ -122,6 +158,8 @@ def bench_kind(work: Path, nodes: int, seconds: int, kind: str) -> dict[str, obj
         "rows": rows,
         "seconds": round(secs, 2),
         "peak_rss_mb": round(rss / 2**20, 1),
+        "worker_start_rss_mb": round(start_rss / 2**20, 1),
+        "report_line_bytes": len(out.splitlines()[-1]),
         "bytes_per_reading": round(line["bytes"] / rows, 3),
         "baseline_write_table_seconds": round(base, 2),
         "baseline_bytes_per_reading": round(base_bytes / rows, 3),

@@ -27,6 +27,7 @@ from gateway.rollup.hours import HOUR_MS, label
 
 __all__ = [
     "HourEntry",
+    "HourStats",
     "Rolled",
     "ScanResult",
     "Window",
@@ -37,6 +38,7 @@ __all__ = [
     "file_sha256",
     "get_state",
     "mark_for_reroll",
+    "missing_stats",
     "record",
     "scan",
     "set_state",
@@ -56,6 +58,56 @@ class Window:
 
 
 @dataclass(frozen=True, slots=True)
+class HourStats:
+    """Per (node, metric) of one rolled hour: count, sum, min and max of the values in its file.
+
+    Columns of equal length, one entry per (node_ref, metric_ref); ``hour_stats`` rows.
+    """
+
+    node_ref: tuple[int, ...] = ()
+    metric_ref: tuple[int, ...] = ()
+    n: tuple[int, ...] = ()
+    sum: tuple[float, ...] = ()
+    min: tuple[float, ...] = ()
+    max: tuple[float, ...] = ()
+
+    def rows(self, hour: int) -> list[tuple[int, int, int, int, float, float, float]]:
+        return list(
+            zip(
+                self.node_ref,
+                self.metric_ref,
+                [hour] * len(self.n),
+                self.n,
+                self.sum,
+                self.min,
+                self.max,
+                strict=True,
+            )
+        )
+
+    def to_json(self) -> dict[str, list[int] | list[float]]:
+        return {
+            "node_ref": list(self.node_ref),
+            "metric_ref": list(self.metric_ref),
+            "n": list(self.n),
+            "sum": list(self.sum),
+            "min": list(self.min),
+            "max": list(self.max),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, list[float]]) -> HourStats:
+        return cls(
+            tuple(int(x) for x in d["node_ref"]),
+            tuple(int(x) for x in d["metric_ref"]),
+            tuple(int(x) for x in d["n"]),
+            tuple(float(x) for x in d["sum"]),
+            tuple(float(x) for x in d["min"]),
+            tuple(float(x) for x in d["max"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Rolled:
     """What the worker reports for one hour it wrote."""
 
@@ -65,6 +117,8 @@ class Rolled:
     bytes: int
     sha256: str
     max_id: int
+    #: Over exactly the rows of the file (the hour's messages with id <= ``max_id``).
+    stats: HourStats = HourStats()
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +241,13 @@ def mark_for_reroll(conn: sqlite3.Connection, hours: list[int]) -> None:
 
 
 def record(conn: sqlite3.Connection, r: Rolled, now_ms: int) -> None:
-    """Record a rolled hour; the hour stops being due unless newer messages arrived meanwhile."""
+    """Record a rolled hour and its ``hour_stats`` (replacing a previous roll's); the hour stops
+    being due unless newer messages arrived meanwhile."""
     if r.rows:
+        conn.execute("DELETE FROM hour_stats WHERE hour = ?", (r.hour,))
+        conn.executemany(
+            "INSERT INTO hour_stats VALUES (?, ?, ?, ?, ?, ?, ?)", r.stats.rows(r.hour)
+        )
         conn.execute(
             "INSERT INTO parquet_hours (hour, path, rows, bytes, sha256, max_id, rolled_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hour) DO UPDATE SET "
@@ -199,6 +258,21 @@ def record(conn: sqlite3.Connection, r: Rolled, now_ms: int) -> None:
         )
     conn.execute("DELETE FROM rollup_todo WHERE hour = ? AND max_id <= ?", (r.hour, r.max_id))
     add_counters(conn, rollup_hours=1, rollup_rows=r.rows)
+
+
+def missing_stats(conn: sqlite3.Connection) -> list[int]:
+    """Live catalogued hours without ``hour_stats`` rows: rolled before schema 4 added them.
+
+    The scheduler rolls them again (from SQLite, or merged from the file when pruned), which
+    records their stats; the file's content does not change.
+    """
+    return [
+        int(h)
+        for (h,) in conn.execute(
+            "SELECT hour FROM parquet_hours p WHERE dropped_at IS NULL AND rows > 0 "
+            "AND NOT EXISTS (SELECT 1 FROM hour_stats s WHERE s.hour = p.hour) ORDER BY hour"
+        )
+    ]
 
 
 def entries(conn: sqlite3.Connection, *, include_dropped: bool = False) -> list[HourEntry]:

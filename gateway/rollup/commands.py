@@ -143,15 +143,14 @@ def export_command(
 
     lo, hi = ms(start, "start"), ms(end, "end")
     settings = _load(config, data_dir)
-    from gateway.rollup.export import export, read_range
+    from gateway.rollup.export import export
 
     conn = open_readonly(settings.data_dir)
     try:
-        table = read_range(conn, parquet_root(settings.data_dir), lo, hi, nodes, metrics)
+        rows = export(conn, parquet_root(settings.data_dir), lo, hi, output, fmt, nodes, metrics)
     finally:
         conn.close()
-    export(table, output, fmt)
-    click.echo(f"exported {table.num_rows:,} rows to {output}")
+    click.echo(f"exported {rows:,} rows to {output}")
 
 
 @click.group("parquet")

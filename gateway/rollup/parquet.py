@@ -10,6 +10,8 @@ rows, whichever way they were read, so the same rows always give the same bytes.
 
 Sort keys are integers (a node's rank among the node ids, a metric's rank among the names), so
 the sort never touches strings; ``node_id`` and ``metric`` become strings only on the way out.
+The hour's ``hour_stats`` (n, sum, min, max per node and metric) are computed on the same sorted
+stream, so they cover exactly the rows of the file.
 The file is written as a hidden temporary beside its final name, fsynced, renamed over it, and
 the directory fsynced: readers see the old file or the new one, never a part.
 """
@@ -30,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gateway.rollup.catalog import Rolled, Window, file_sha256
+from gateway.rollup.catalog import HourStats, Rolled, Window, file_sha256
 from gateway.rollup.hours import HOUR_MS, relpath
 
 __all__ = ["SCHEMA", "SORT_ROWS", "WRITE_OPTIONS", "roll_hour", "write_options"]
@@ -70,6 +72,9 @@ WRITE_OPTIONS: dict[str, object] = {
 #: Rows sorted in memory at once (about 40 bytes each while sorting).
 SORT_ROWS = 400_000
 
+#: Rows per Arrow batch read from SQLite.
+BATCH_ROWS = 65_536
+
 # The working columns: integer ranks instead of strings, narrow types.
 _WORK = pa.schema(
     [
@@ -85,12 +90,43 @@ _WORK = pa.schema(
 )
 _SORT = [(k, "ascending") for k in ("node", "metric", "ts", "boot", "seq")]
 
-_SELECT = """
-SELECT m.node_ref, r.metric_ref, m.ts, m.boot, m.seq, m.received, m.flags, r.value
+_COLUMNS = "SELECT m.node_ref, r.metric_ref, m.ts, m.boot, m.seq, m.received, m.flags, r.value"
+_WINDOW = "m.ts BETWEEN m.received - ? AND m.received + ? AND m.id > ?"
+# Two ways to the hour's rows. Through the (node_ref, ts) index: one node after the other, so
+# every message and its readings are a page read of their own (7 million for 1,000 nodes at
+# 1 Hz, mostly outside SQLite's cache). Through a range of ids: messages are stored in commit
+# order, so an hour that arrived on time is one run of ids, read sequentially in a few seconds.
+_BY_INDEX = f"""{_COLUMNS}
 FROM messages m JOIN readings r ON r.message_id = m.id
-WHERE m.node_ref IN (SELECT node_ref FROM nodes) AND m.ts >= ? AND m.ts < ?
-  AND m.ts BETWEEN m.received - ? AND m.received + ? AND m.id > ?
+WHERE m.node_ref IN (SELECT node_ref FROM nodes) AND m.ts >= ? AND m.ts < ? AND {_WINDOW}
 """
+_BY_IDS = f"""{_COLUMNS}
+FROM messages m JOIN readings r ON r.message_id = m.id
+WHERE m.id BETWEEN ? AND ? AND r.message_id BETWEEN ? AND ? AND m.ts >= ? AND m.ts < ?
+  AND {_WINDOW}
+"""
+#: Read by ids while the hour's id range holds at most this many ids per message of the hour
+#: (late readings widen it); otherwise through the index.
+ID_SPAN_RATIO = 4
+
+
+@dataclass(frozen=True, slots=True)
+class _Extent:
+    """The hour's messages in the store: how many, and their lowest and highest id."""
+
+    messages: int
+    low: int
+    high: int
+
+    #: The (node_ref, ts) index covers this (ids are its rowids): no table page is read.
+    SQL = (
+        "SELECT count(*), coalesce(min(id), 0), coalesce(max(id), 0) FROM messages "
+        "WHERE node_ref IN (SELECT node_ref FROM nodes) AND ts >= {} AND ts < {}"
+    )
+
+    @property
+    def dense(self) -> bool:
+        return self.messages > 0 and self.high - self.low + 1 <= ID_SPAN_RATIO * self.messages
 
 
 def write_options() -> dict[str, object]:
@@ -99,26 +135,67 @@ def write_options() -> dict[str, object]:
 
 @dataclass(slots=True)
 class _Names:
-    """Node and metric names in sort order, and ref -> rank lookups."""
+    """Node and metric names in sort order, ref -> rank lookups and rank -> ref arrays."""
 
     nodes: pa.Array
     metrics: pa.Array
     node_rank: np.ndarray
     metric_rank: np.ndarray
+    node_ref: np.ndarray
+    metric_ref: np.ndarray
 
     @classmethod
     def load(cls, conn: sqlite3.Connection) -> _Names:
-        def ranks(rows: list[tuple[int, str]]) -> tuple[pa.Array, np.ndarray]:
+        def ranks(rows: list[tuple[int, str]]) -> tuple[pa.Array, np.ndarray, np.ndarray]:
             rows = sorted(rows, key=lambda r: r[1])
             lookup = np.full(max((r[0] for r in rows), default=0) + 1, -1, dtype=np.int32)
             for rank, (ref, _) in enumerate(rows):
                 lookup[ref] = rank
-            return pa.array([r[1] for r in rows], pa.string()), lookup
+            refs = np.array([r[0] for r in rows], dtype=np.int64)
+            return pa.array([r[1] for r in rows], pa.string()), lookup, refs
 
-        nodes, node_rank = ranks(conn.execute("SELECT node_ref, node_id FROM nodes").fetchall())
+        nodes, node_rank, node_ref = ranks(
+            conn.execute("SELECT node_ref, node_id FROM nodes").fetchall()
+        )
         metric_rows = conn.execute("SELECT metric_ref, name FROM metrics").fetchall()
-        metrics, metric_rank = ranks(metric_rows)
-        return cls(nodes, metrics, node_rank, metric_rank)
+        metrics, metric_rank, metric_ref = ranks(metric_rows)
+        return cls(nodes, metrics, node_rank, metric_rank, node_ref, metric_ref)
+
+
+class _Stats:
+    """n, sum, min and max per (node, metric) of the sorted stream (``hour_stats``).
+
+    Tables arrive sorted by node and metric, and a (node, metric) pair never spans two of
+    them (buckets hold whole nodes), so each table's runs are final.
+    """
+
+    def __init__(self, names: _Names) -> None:
+        self.names = names
+        self.parts: list[tuple[np.ndarray, ...]] = []
+
+    def add(self, t: pa.Table) -> None:
+        node = t["node"].to_numpy()
+        metric = t["metric"].to_numpy()
+        value = t["value"].to_numpy()
+        change = (node[1:] != node[:-1]) | (metric[1:] != metric[:-1])
+        starts = np.concatenate(([0], np.flatnonzero(change) + 1))
+        n = np.diff(np.append(starts, len(value)))
+        self.parts.append(
+            (
+                self.names.node_ref[node[starts]],
+                self.names.metric_ref[metric[starts]],
+                n,
+                np.add.reduceat(value, starts),
+                np.minimum.reduceat(value, starts),
+                np.maximum.reduceat(value, starts),
+            )
+        )
+
+    def result(self) -> HourStats:
+        if not self.parts:
+            return HourStats()
+        cols = [np.concatenate(c) for c in zip(*self.parts, strict=True)]
+        return HourStats(*(tuple(c.tolist()) for c in cols))
 
 
 class _RowGroups:
@@ -147,7 +224,8 @@ class _RowGroups:
         group, rest = whole.slice(0, n), whole.slice(n)
         self.parts = [rest] if rest.num_rows else []
         self.held = rest.num_rows
-        self.writer.write_table(self._output(group.combine_chunks()), row_group_size=n)
+        # _output makes the one contiguous copy (the bytes written depend on the chunking).
+        self.writer.write_table(self._output(group), row_group_size=n)
         self.rows += n
 
     def _output(self, t: pa.Table) -> pa.Table:
@@ -187,46 +265,92 @@ def _to_work(batch: pa.RecordBatch, names: _Names) -> pa.Table:
 
 
 def _from_file(path: Path, names: _Names) -> Iterator[pa.Table]:
-    """An hour's existing file as working columns (for merging late data into it)."""
-    pf = pq.ParquetFile(path)
-    node_names, metric_names = names.nodes, names.metrics
-    for i in range(pf.num_row_groups):
-        t = pf.read_row_group(i)
-        node = pc.index_in(t["node_id"], value_set=node_names)
-        metric = pc.index_in(t["metric"], value_set=metric_names)
-        if node.null_count or metric.null_count:
-            raise ValueError(f"{path} names a node or metric the store does not know")
-        yield pa.Table.from_arrays(
-            [
-                node.cast(pa.int32()),
-                metric.cast(pa.int32()),
-                t["ts"].cast(pa.int64()),
-                t["boot"],
-                t["seq"],
-                t["received"].cast(pa.int64()),
-                t["flags"],
-                t["value"],
-            ],
-            schema=_WORK,
-        )
+    """An hour's existing file as working columns (for merging late data into it).
+
+    Streamed in batches of ``BATCH_ROWS`` rows, never a whole row group or file at once; the
+    string columns come as dictionaries, so each batch maps a few names, not every row's.
+    """
+    pf = pq.ParquetFile(path, read_dictionary=["node_id", "metric"])
+    try:
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS, use_threads=False):
+            yield pa.Table.from_arrays(
+                [
+                    _ranks(batch.column(1), names.nodes, path),
+                    _ranks(batch.column(2), names.metrics, path),
+                    batch.column(0).cast(pa.int64()),
+                    batch.column(4),
+                    batch.column(5),
+                    batch.column(6).cast(pa.int64()),
+                    batch.column(7),
+                    batch.column(3),
+                ],
+                schema=_WORK,
+            )
+    finally:
+        pf.close()
+
+
+def _ranks(column: pa.Array, ordered: pa.Array, path: Path) -> pa.Array:
+    """A dictionary-encoded name column as ranks in ``ordered`` (the store's names)."""
+    assert isinstance(column, pa.DictionaryArray)
+    rank = pc.index_in(column.dictionary, value_set=ordered)
+    if rank.null_count:
+        raise ValueError(f"{path} names a node or metric the store does not know")
+    return rank.cast(pa.int32()).take(column.indices)
 
 
 def _read_sqlite(
     db: Path, hour: int, window: Window, after_id: int
-) -> tuple[int, Iterator[pa.RecordBatch]]:
-    """The store's highest message id and the hour's rows, in one read snapshot."""
-    import adbc_driver_sqlite.dbapi as adbc
+) -> tuple[int, _Extent, Iterator[pa.RecordBatch]]:
+    """The store's highest message id, the hour's extent and its rows, in one read snapshot."""
+    # ADBC's low-level API: its DB-API module imports pandas and pyarrow.dataset, 44 MB of
+    # the worker's RSS for nothing it uses.
+    import adbc_driver_manager as adbc
+    import adbc_driver_sqlite
 
-    conn = adbc.connect(f"file:{db}?mode=ro")
-    cur = conn.cursor()
-    # One read transaction (ADBC connections do not autocommit): max(id) and the rows come
-    # from the same snapshot, so the catalog's max_id says exactly what the file holds.
-    cur.execute("SELECT coalesce(max(id), 0) FROM messages")
-    row = cur.fetchone()
-    max_id = int(row[0]) if row else 0
-    cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": "65536"})
-    cur.execute(_SELECT, (hour, hour + HOUR_MS, window.past_ms, window.future_ms, after_id))
-    reader = cur.fetch_record_batch()
+    database = adbc_driver_sqlite.connect(f"file:{db}?mode=ro")
+    conn = adbc.AdbcConnection(database)
+    statements: list[adbc.AdbcStatement] = []
+
+    def query(sql: str, **options: str) -> pa.RecordBatchReader:
+        stmt = adbc.AdbcStatement(conn)
+        statements.append(stmt)
+        if options:
+            stmt.set_options(**options)
+        stmt.set_sql_query(sql)
+        handle, _ = stmt.execute_query()
+        return pa.RecordBatchReader.from_stream(handle)
+
+    def close() -> None:
+        for stmt in statements:
+            with contextlib.suppress(Exception):
+                stmt.close()
+        with contextlib.suppress(Exception):
+            conn.rollback()
+        conn.close()
+        database.close()
+
+    try:
+        # One read transaction: max(id) and the rows come from the same snapshot, so the
+        # catalog's max_id says exactly what the file holds.
+        conn.set_autocommit(False)
+        top = query("SELECT coalesce(max(id), 0) FROM messages").read_all()
+        max_id = int(top.column(0)[0].as_py())
+        # In the same snapshot: a message committed meanwhile must not fall outside the range.
+        found = query(_Extent.SQL.format(int(hour), int(hour) + HOUR_MS)).read_all()
+        extent = _Extent(*(int(found.column(i)[0].as_py()) for i in range(3)))
+        # Integers only, formatted by int(): nothing to quote. (Binding parameters through
+        # the low-level API needs an Arrow batch per statement.)
+        args: tuple[int, ...] = (hour, hour + HOUR_MS, window.past_ms, window.future_ms, after_id)
+        template = _BY_INDEX
+        if extent.dense:
+            template = _BY_IDS
+            args = (extent.low, extent.high, extent.low, extent.high, *args)
+        sql = template.replace("?", "{}").format(*(int(a) for a in args))
+        reader = query(sql, **{"adbc.sqlite.query.batch_rows": str(BATCH_ROWS)})
+    except BaseException:
+        close()
+        raise
 
     def batches() -> Iterator[pa.RecordBatch]:
         try:
@@ -234,27 +358,18 @@ def _read_sqlite(
         finally:
             with contextlib.suppress(Exception):
                 reader.close()
-            cur.close()
-            conn.rollback()
-            conn.close()
+            close()
 
-    return max_id, batches()
+    return max_id, extent, batches()
 
 
-def _estimate_rows(conn: sqlite3.Connection, hour: int) -> int:
-    msgs = int(
-        conn.execute(
-            "SELECT count(*) FROM messages WHERE node_ref IN (SELECT node_ref FROM nodes) "
-            "AND ts >= ? AND ts < ?",
-            (hour, hour + HOUR_MS),
-        ).fetchone()[0]
-    )
+def _estimate_rows(conn: sqlite3.Connection, extent: _Extent) -> int:
     per = conn.execute(
         "SELECT (SELECT value FROM counters WHERE name = 'rows'), "
         "(SELECT value FROM counters WHERE name = 'stored')"
     ).fetchone()
     ratio = (per[0] / per[1]) if per[0] and per[1] else 4.0
-    return int(msgs * ratio * 1.1) + 1
+    return int(extent.messages * ratio * 1.1) + 1
 
 
 def _fsync(path: Path) -> None:
@@ -304,10 +419,10 @@ def roll_hour(
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         names = _Names.load(conn)
-        estimate = _estimate_rows(conn, hour)
+        max_id, extent, batches = _read_sqlite(db, hour, window, merge_after or 0)
+        estimate = _estimate_rows(conn, extent)
     finally:
         conn.close()
-    max_id, batches = _read_sqlite(db, hour, window, merge_after or 0)
     sources: list[Iterator[pa.Table]] = [(_to_work(b, names) for b in batches)]
     if old is not None:
         sources.insert(0, _from_file(old, names))
@@ -319,9 +434,11 @@ def roll_hour(
         with tempfile.TemporaryDirectory(prefix=".spill-", dir=root) as spill:
             writer = pq.ParquetWriter(tmp, SCHEMA, **write_options())
             groups = _RowGroups(writer, row_group_rows, names)
+            stats = _Stats(names)
             try:
                 buckets = max(1, -(-estimate // SORT_ROWS))
                 for table in _sorted_buckets(sources, buckets, len(names.nodes), Path(spill)):
+                    stats.add(table)
                     groups.add(table)
                 groups.close()
             finally:
@@ -337,7 +454,7 @@ def roll_hour(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return Rolled(hour, rel, groups.rows, size, digest, max_id)
+    return Rolled(hour, rel, groups.rows, size, digest, max_id, stats.result())
 
 
 def _sorted_buckets(
@@ -349,7 +466,9 @@ def _sorted_buckets(
         if tables:
             whole = pa.concat_tables(tables)
             del tables
-            yield whole.sort_by(_SORT)
+            done = whole.sort_by(_SORT)
+            del whole  # before the consumer works on the sorted copy
+            yield done
         return
     # Bucket k holds the nodes with rank in [k*width, (k+1)*width).
     width = max(1, -(-nodes // buckets))
@@ -374,10 +493,12 @@ def _sorted_buckets(
     for f in files:
         with pa.OSFile(str(f)) as source:
             table = pa.ipc.open_file(source).read_all()
-        if table.num_rows:
-            yield table.sort_by(_SORT)
-        del table
         f.unlink()
+        if table.num_rows:
+            done = table.sort_by(_SORT)
+            del table  # before the consumer works on the sorted copy
+            yield done
+            del done
 
 
 def now_ms() -> int:

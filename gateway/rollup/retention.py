@@ -174,8 +174,10 @@ def parquet_to_drop(
 def drop_hours(
     conn: sqlite3.Connection, hours: Sequence[DropCandidate], now_ms: int, counter: str
 ) -> None:
-    """Mark hours dropped (the caller deletes the files after the commit)."""
+    """Mark hours dropped and delete their ``hour_stats`` (the caller deletes the files after
+    the commit)."""
     conn.executemany(
         "UPDATE parquet_hours SET dropped_at = ? WHERE hour = ?", [(now_ms, c.hour) for c in hours]
     )
+    conn.executemany("DELETE FROM hour_stats WHERE hour = ?", [(c.hour,) for c in hours])
     add_counters(conn, **{counter: len(hours)})

@@ -23,7 +23,7 @@ from pathlib import Path
 from gateway.config import Settings
 from gateway.rollup import catalog, retention
 from gateway.rollup.budget import Budget
-from gateway.rollup.catalog import Rolled, Window
+from gateway.rollup.catalog import HourStats, Rolled, Window
 from gateway.rollup.hours import HOUR_MS, label, parquet_root
 from gateway.store.reader import db_path
 from gateway.store.writer import StoreWriter, now_ms
@@ -31,6 +31,9 @@ from gateway.store.writer import StoreWriter, now_ms
 __all__ = ["PassResult", "Rollup", "RollupFailed", "io_write_bytes"]
 
 log = logging.getLogger("roost.rollup")
+
+#: The longest line the worker may report (an hour with ~1.5M (node, metric) pairs).
+_LINE_LIMIT = 64 * 2**20
 
 
 class RollupFailed(Exception):
@@ -146,6 +149,11 @@ class Rollup:
             broken, problems = catalog.check_files(conn, self.root)
             out.problems.extend(problems)
             catalog.mark_for_reroll(conn, broken)
+            # Hours rolled before hour_stats existed (schema 4): roll them again once.
+            backfill = catalog.missing_stats(conn)
+            if backfill:
+                log.info("rolling %d hours again to record their hour_stats", len(backfill))
+            catalog.mark_for_reroll(conn, backfill)
             if hour is not None:
                 catalog.mark_for_reroll(conn, [hour])
             grace = self.settings.rollup.grace_s * 1000
@@ -184,6 +192,9 @@ class Rollup:
             str(self.window.future_ms),
             stdout=asyncio.subprocess.PIPE,
             stdin=asyncio.subprocess.DEVNULL,
+            # A line carries the hour's stats: ~40 bytes per (node, metric), far beyond
+            # asyncio's default 64 KiB line limit for a big fleet.
+            limit=_LINE_LIMIT,
         )
         assert proc.stdout is not None
         if progress is not None:
@@ -192,7 +203,13 @@ class Rollup:
             async for line in proc.stdout:
                 d = json.loads(line)
                 rolled = Rolled(
-                    d["hour"], d["path"], d["rows"], d["bytes"], d["sha256"], d["max_id"]
+                    d["hour"],
+                    d["path"],
+                    d["rows"],
+                    d["bytes"],
+                    d["sha256"],
+                    d["max_id"],
+                    HourStats.from_json(d["stats"]),
                 )
 
                 def record(conn: sqlite3.Connection, rolled: Rolled = rolled) -> None:

@@ -114,3 +114,38 @@ async def test_full_disk_during_rollup_leaves_old_state_and_next_run_succeeds(
     conn = sqlite3.connect(s.data_dir / "roost.sqlite3")
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
+
+
+async def test_full_disk_during_a_reroll_keeps_the_old_file_and_stats(
+    make_store, small_fs: Path, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    import hashlib
+
+    from gateway.rollup.scheduler import RollupFailed
+
+    s: Store = await make_store(data_dir=tmp_path / "data")
+    await s.add(fleet(HOUR, 100, 300))
+    root = s.data_dir / "parquet"
+    root.mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(small_fs), str(root)], check=True)
+    try:
+        await s.rollup.run_once()
+        part = root / relpath(HOUR)
+        old = hashlib.sha256(part.read_bytes()).hexdigest()
+        await s.add(fleet(HOUR, 100, 100, first_seq=300))  # late readings: due again
+        with contextlib.suppress(OSError), (root / "ballast").open("wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        with pytest.raises(RollupFailed):
+            await s.rollup.run_once()
+        assert hashlib.sha256(part.read_bytes()).hexdigest() == old
+        assert s.one("SELECT sha256 FROM parquet_hours") == old
+        assert s.one("SELECT sum(n) FROM hour_stats") == 100 * 300 * 3
+        (root / "ballast").unlink()
+        r = await s.rollup.run_once()
+        assert [x.rows for x in r.rolled] == [100 * 400 * 3]
+        assert s.one("SELECT sum(n) FROM hour_stats") == 100 * 400 * 3
+        assert not list(root.glob(".spill-*")) and not list(root.glob("readings/**/.*.tmp"))
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)
