@@ -161,11 +161,13 @@ class Roost:
         self.data_dir = data_dir
         self.env = {**os.environ, "ROOST_STORE_SYNCHRONOUS": synchronous, "ROOST_LOG_LEVEL": "warning"}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.http_port = free_port()
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--mqtt-url", f"mqtt://127.0.0.1:{self.port}",
-             "--data-dir", str(self.data_dir)],
+             "--data-dir", str(self.data_dir), "--http-host", "127.0.0.1",
+             "--http-port", str(self.http_port)],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
         )
 
@@ -187,6 +189,23 @@ class Roost:
         except sqlite3.Error:
             return 0
         return int(row[0]) if row else 0
+
+    def counter(self, name: str) -> int:
+        db = self.data_dir / "roost.sqlite3"
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            row = conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        finally:
+            conn.close()
+        return int(row[0]) if row else 0
+
+    def write_bytes(self) -> int:
+        """What the gateway process caused to be written to storage (``/proc/PID/io``)."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+        return 0
 
     def rss_kb(self) -> int:
         assert self.proc is not None
@@ -324,7 +343,14 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
             r.start()
             r.wait_connected()
             rss = steady_rate_rss(b.port, r, rate=1000, seconds=args.rss_seconds)
-            results.update(rss)
+            results.update({f"rss_{k}" if k.startswith("steady") else k: v for k, v in rss.items()})
+            # A quiet gateway (every message its own transaction): what wear costs there.
+            low = steady_rate_rss(b.port, r, rate=args.low_rate, seconds=args.rss_seconds,
+                                  nodes="quiet")
+            results[f"bytes_written_per_reading_at_{args.low_rate}_msgs_per_s"] = low[
+                "bytes_written_per_reading"]
+            results["bytes_written_per_reading_at_1000_msgs_per_s"] = results.pop(
+                "bytes_written_per_reading")
         finally:
             r.stop()
             run(b.stop())
@@ -345,7 +371,9 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
     return results
 
 
-def steady_rate_rss(port: int, r: Roost, rate: int, seconds: float) -> dict[str, object]:
+def steady_rate_rss(
+    port: int, r: Roost, rate: int, seconds: float, nodes: str = "steady"
+) -> dict[str, object]:
     from gateway.mqtt.client import ConnectOptions, Connection
 
     async def go() -> dict[str, object]:
@@ -361,7 +389,7 @@ def steady_rate_rss(port: int, r: Roost, rate: int, seconds: float) -> dict[str,
             due = int((loop.time() - start) * rate)
             while sent < due:
                 payload = (b'{"b":1,"s":%d,"u":%d,"m":{"temp_c":21.5,"rh_pct":40.1}}' % (sent, sent))
-                t = asyncio.create_task(conn.publish(f"roost/v1/steady{sent % 50}/readings", payload))
+                t = asyncio.create_task(conn.publish(f"roost/v1/{nodes}{sent % 50}/readings", payload))
                 pending.add(t)
                 t.add_done_callback(pending.discard)
                 sent += 1
@@ -372,14 +400,21 @@ def steady_rate_rss(port: int, r: Roost, rate: int, seconds: float) -> dict[str,
         await conn.close()
         return {"sent": sent, "samples": samples}
 
+    msgs0, rows0, bytes0 = r.counter("messages"), r.counter("rows"), r.write_bytes()
     out = asyncio.run(go())
+    sent = out["sent"]
+    assert isinstance(sent, int)
+    wait_count(lambda: r.counter("messages"), msgs0 + sent, timeout=60)
+    rows, written = r.counter("rows") - rows0, r.write_bytes() - bytes0
     samples = out["samples"]
     assert isinstance(samples, list)
     tail = samples[len(samples) // 2:] or samples
     return {
-        "rss_steady_rate_msgs_per_s": rate,
-        "rss_mb_max": round(max(samples) / 1024, 1),
-        "rss_mb_median_second_half": round(sorted(tail)[len(tail) // 2] / 1024, 1),
+        "steady_rate_msgs_per_s": rate,
+        "rss_mb_max": round(max(samples) / 1024, 1) if samples else None,
+        "rss_mb_median_second_half": round(sorted(tail)[len(tail) // 2] / 1024, 1) if tail else None,
+        # SD-card wear: WAL frames, checkpoints and everything else the gateway wrote.
+        "bytes_written_per_reading": round(written / rows) if rows else None,
     }
 
 
@@ -389,6 +424,7 @@ def main() -> None:
     ap.add_argument("--publishers", type=int, default=4)
     ap.add_argument("--nodes", type=int, default=40)
     ap.add_argument("--rss-seconds", type=float, default=10.0)
+    ap.add_argument("--low-rate", type=int, default=50, help="the low rate for bytes/reading")
     ap.add_argument("--quick", action="store_true", help="FULL only (skip NORMAL)")
     args = ap.parse_args()
     with contextlib.suppress(KeyboardInterrupt):

@@ -100,7 +100,7 @@ class ApiSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
 
 class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     batch_max_rows: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 4000
-    batch_max_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 5.0
+    batch_max_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 3.0
     synchronous: Literal["normal", "full"] = "full"
 
 

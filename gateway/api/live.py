@@ -102,8 +102,10 @@ class LiveHub:
 
     def publish(self, result: CommitResult) -> None:
         """The commit listener: offer the commit's messages to every client, never waiting."""
-        committed = result.committed
-        if not self.clients or not committed:
+        if not self.clients:
+            return  # nobody to show: the message list is never built
+        committed = result.stored_messages()
+        if not committed:
             return
         frames: dict[tuple[frozenset[str], frozenset[str]], Frame | None] = {}
         for client in list(self.clients):

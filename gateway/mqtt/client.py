@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -100,6 +101,17 @@ class ConnectOptions:
     connect_timeout: float = 10.0
 
 
+_TCP_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)  # 0: not on this platform
+
+
+def _quickack_socket(transport: asyncio.Transport) -> socket.socket | None:
+    """The transport's TCP socket where the platform has TCP_QUICKACK (Linux), else None."""
+    sock = transport.get_extra_info("socket")
+    if not _TCP_QUICKACK or sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    return sock  # type: ignore[no-any-return]
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, owner: Connection) -> None:
         self.owner = owner
@@ -141,6 +153,7 @@ class Connection:
         self._last_rx = 0.0
         self._keepalive_task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
+        self._quickack: socket.socket | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -160,6 +173,7 @@ class Connection:
                 )
                 conn._transport = transport
                 conn._last_rx = loop.time()
+                conn._quickack = _quickack_socket(transport)
                 transport.write(
                     wire.encode_connect(
                         options.client_id,
@@ -306,6 +320,14 @@ class Connection:
 
     def _on_data(self, data: bytes) -> None:
         self._last_rx = asyncio.get_running_loop().time()
+        if self._quickack is not None:
+            # Acknowledge this segment at once instead of with our next PUBACK. A broker that
+            # keeps Nagle on (mosquitto's default) sends its next small PUBLISH only once the
+            # last one is ACKed; as PUBACKs leave only after a commit, every message would
+            # otherwise wait for the commit of the one before it (2.5 ms median, measured).
+            # Linux drops quick-ack mode on its own, so it is set again after every read.
+            with contextlib.suppress(OSError):
+                self._quickack.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
         try:
             packets = self._parser.feed(data)
         except wire.ProtocolError as exc:

@@ -80,18 +80,26 @@ async def test_gateway_sigkilled_repeatedly_loses_and_doubles_nothing(
 async def test_broker_restarted_mid_ingest_loses_nothing(
     broker: ManagedBroker, gateway_process  # type: ignore[no-untyped-def]
 ) -> None:
-    nodes, per_node = 3, 2000
+    nodes, per_node = 3, 6000
     gw = gateway_process("--mqtt-url", broker.url)
     d = gw.data_dir
     gw.start()
     await wait_for(lambda: "connected to broker" in gw.log_text(), what="gateway connected")
     publishers = [
+        # A small window: each publisher waits for its broker's PUBACKs, so publishing lasts
+        # across both restarts instead of outrunning them.
         asyncio.create_task(publish_all(broker.port, f"pub{i}", _items(f"node{i}", per_node),
-                                        window=20))
+                                        window=2))
         for i in range(nodes)
     ]
-    for _ in range(2):
-        await asyncio.sleep(0.6)
+    # The first restart once ingest is under way, the second soon after the broker is back;
+    # both while the publishers still have work (asserted, so a faster machine fails loudly).
+    await wait_for(lambda: counter(d, "stored") >= 200, timeout=30, interval=0.01,
+                   what="ingest under way")
+    for restart in range(2):
+        if restart:
+            await asyncio.sleep(0.3)
+        assert not all(p.done() for p in publishers), "publishing finished before the restart"
         await broker.stop()  # SIGTERM: mosquitto saves what it queued
         await asyncio.sleep(0.3)
         await broker.start()

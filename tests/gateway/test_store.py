@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -153,3 +154,78 @@ async def test_execute_runs_a_job_in_one_transaction(writer: StoreWriter, tmp_pa
         await writer.execute(failing)
     conn = sqlite3.connect(tmp_path / "roost.sqlite3")
     assert conn.execute("SELECT value FROM counters WHERE name='custom'").fetchone() == (5,)
+
+
+# -- group commit: what run() puts into one transaction ---------------------------------------
+
+#: A floor between commits far longer than any test: a transaction that waited for it would
+#: hang the test (caught by the 30 s guard below) instead of passing slowly.
+NEVER_MS = 600_000.0
+
+
+def unit(seq: int, acked: list[int], node: str = "g") -> Unit:
+    return Unit([msg(node, 1, seq)], 1_000_000, publishes=1, on_commit=lambda: acked.append(seq))
+
+
+async def test_an_idle_writer_commits_a_lone_unit_at_once(tmp_path: Path) -> None:
+    w = StoreWriter(tmp_path / "roost.sqlite3", batch_max_ms=NEVER_MS)
+    await w.open()
+    task = asyncio.create_task(w.run())
+    acked: list[int] = []
+    try:
+        async with asyncio.timeout(30):
+            await w.submit(unit(0, acked))
+            await w.drain()
+    finally:
+        task.cancel()
+        await w.close()
+    # One transaction for the one unit, and it did not wait for company.
+    assert acked == [0] and (w.transactions, w.units, w.waits) == (1, 1, 0)
+
+
+async def test_a_queued_backlog_commits_many_units_per_transaction(tmp_path: Path) -> None:
+    w = StoreWriter(tmp_path / "roost.sqlite3", batch_max_rows=50, batch_max_ms=0)
+    await w.open()
+    acked: list[int] = []
+    for seq in range(200):  # queued before the writer runs: a backlog
+        await w.submit(unit(seq, acked))
+    task = asyncio.create_task(w.run())
+    try:
+        async with asyncio.timeout(30):
+            await w.drain()
+    finally:
+        task.cancel()
+        await w.close()
+    # Group commit: whatever is queued goes into the transaction, up to batch_max_rows.
+    assert acked == list(range(200)) and (w.transactions, w.units) == (4, 200)
+    conn = sqlite3.connect(tmp_path / "roost.sqlite3")
+    assert conn.execute("SELECT count(*) FROM messages").fetchone() == (200,)
+
+
+async def test_a_stream_right_after_a_commit_gathers_until_the_row_limit(tmp_path: Path) -> None:
+    w = StoreWriter(tmp_path / "roost.sqlite3", batch_max_rows=10, batch_max_ms=NEVER_MS)
+    await w.open()
+    task = asyncio.create_task(w.run())
+    acked: list[int] = []
+    try:
+        async with asyncio.timeout(30):
+            await w.submit(unit(0, acked))
+            await w.drain()  # committed at once: the writer was idle
+            for seq in range(1, 11):
+                await w.submit(unit(seq, acked))
+                await asyncio.sleep(0)  # let the writer take each one as it comes
+            await w.drain()
+    finally:
+        task.cancel()
+        await w.close()
+    # Within batch_max_ms of the last commit the writer gathers rather than commit each unit;
+    # batch_max_rows (10 one-row units) ended the wait, not the clock.
+    assert acked == list(range(11)) and (w.transactions, w.waits) == (2, 1)
+
+
+async def test_the_message_list_is_built_only_when_asked(writer: StoreWriter) -> None:
+    r = await commit(writer, msg("a", 1, 0, temp_c=2.5), msg("a", 1, 0))
+    assert r.committed is None  # no listener asked for it: no per-message tuples were built
+    (m,) = r.stored_messages()
+    assert (m.node_id, m.boot, m.seq, m.metrics) == ("a", 1, 0, (("temp_c", 2.5),))
+    assert r.stored_messages() is r.committed
