@@ -8,9 +8,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
-import importlib
+import importlib.util
 import io
+import logging
 import sqlite3
+import struct
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from functools import partial
@@ -30,6 +33,8 @@ from gateway.api.query import Reading, ReadingsQuery, decode_cursor
 from gateway.api.routes import End, Names, Start, _range
 
 __all__ = ["ROUTES", "read_backfill"]
+
+log = logging.getLogger("roost.api.export")
 
 _encode = msgspec.json.Encoder().encode
 
@@ -180,47 +185,55 @@ async def _csv(ctx: Ctx, q: ReadingsQuery) -> AsyncIterator[bytes]:
 
 
 async def _parquet(ctx: Ctx, q: ReadingsQuery) -> AsyncIterator[bytes]:
-    """The Parquet layout of docs (DESIGN "Parquet"), one row group per page, streamed."""
-    # Imported by name: pyarrow is optional here and has no type information.
-    pa: Any = importlib.import_module("pyarrow")
-    pq: Any = importlib.import_module("pyarrow.parquet")
+    """The dataset's Parquet layout (docs/parquet.md), one row group per page, streamed.
 
-    schema = pa.schema(
-        [
-            ("ts", pa.timestamp("ms", tz="UTC")),
-            ("node_id", pa.dictionary(pa.int32(), pa.string())),
-            ("metric", pa.dictionary(pa.int32(), pa.string())),
-            ("value", pa.float64()),
-            ("boot", pa.int32()),
-            ("seq", pa.int64()),
-            ("received", pa.timestamp("ms", tz="UTC")),
-            ("flags", pa.int32()),
-        ]
-    )
-    sink = io.BytesIO()
-    writer = pq.ParquetWriter(sink, schema, compression="zstd")
+    The pages are encoded by ``gateway.api.parquetenc`` in a process of its own, so pyarrow
+    never lives in the gateway (its RSS budget); it exits when the export ends.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.api.parquetenc",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    stdin = proc.stdin
 
-    def take() -> bytes:
-        data = sink.getvalue()
-        sink.seek(0)
-        sink.truncate()
-        return data
+    async def feed() -> None:
+        try:
+            async for page in _pages(ctx, q):
+                body = msgspec.msgpack.encode(
+                    {
+                        "ts": [r.ts for r in page],
+                        "node_id": [r.node for r in page],
+                        "metric": [r.metric for r in page],
+                        "value": [r.value for r in page],
+                        "boot": [r.boot for r in page],
+                        "seq": [r.seq for r in page],
+                        "received": [r.received for r in page],
+                        "flags": [r.flags for r in page],
+                    }
+                )
+                stdin.write(struct.pack(">I", len(body)) + body)
+                await stdin.drain()
+        finally:
+            stdin.close()
 
-    async for page in _pages(ctx, q):
-        cols = {
-            "ts": [r.ts for r in page],
-            "node_id": [r.node for r in page],
-            "metric": [r.metric for r in page],
-            "value": [r.value for r in page],
-            "boot": [r.boot for r in page],
-            "seq": [r.seq for r in page],
-            "received": [r.received for r in page],
-            "flags": [r.flags for r in page],
-        }
-        writer.write_table(pa.Table.from_pydict(cols, schema=schema))
-        yield take()
-    writer.close()
-    yield take()
+    feeder = asyncio.create_task(feed())
+    try:
+        while chunk := await proc.stdout.read(1 << 16):
+            yield chunk
+        await feeder
+        if await proc.wait() != 0:
+            why = (await proc.stderr.read()).decode("utf-8", "replace").strip()
+            # The status line has gone out with the first bytes: the body ends without
+            # Parquet's footer, which every reader refuses; the log says why.
+            log.error("parquet export failed: %s", why or f"status {proc.returncode}")
+            raise RuntimeError(why)
+    finally:
+        feeder.cancel()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 @get("/api/export", tags=["data"], guards=[read_guard], summary="Export readings (streamed)")
@@ -239,12 +252,10 @@ async def export(
     q = ReadingsQuery(parse_names("node", node), parse_names("metric", metric), t0, t1, _PAGE)
     stamp = datetime.fromtimestamp(t0 / 1000, UTC).strftime("%Y%m%dT%H%M")
     if format == "parquet":
-        try:
-            importlib.import_module("pyarrow.parquet")
-        except ImportError:
+        if importlib.util.find_spec("pyarrow") is None:
             raise HTTPException(
                 status_code=501, detail="format: parquet export needs pyarrow installed"
-            ) from None
+            )
         body: AsyncIterator[bytes] = _parquet(ctx, q)
         media = "application/vnd.apache.parquet"
     elif format == "csv":
