@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -119,6 +120,24 @@ async def bare_receiver(port: int, out: list[float], stop: asyncio.Event) -> Non
     await conn.close()
 
 
+def fsync_probe(folder: Path, stop: threading.Event, out: list[float]) -> None:
+    """The disk's own floor in the same run: 4 KB appended and fsynced every 3 ms (about what
+    the writer does at 1,000 readings/s with synchronous=FULL) while the measurement runs. The
+    host's occasional stalls of hundreds of milliseconds show here as they do in the feed."""
+    path = folder / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while not stop.is_set():
+            os.write(fd, b"\0" * 4096)
+            t0 = time.perf_counter()
+            os.fsync(fd)
+            out.append((time.perf_counter() - t0) * 1000)
+            stop.wait(0.003)
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
 async def latency(rate: int, seconds: float) -> dict[str, object]:
     tmp = Path(tempfile.mkdtemp(prefix="roost-bench-"))
     http, mqtt = free_port(), free_port()
@@ -143,9 +162,15 @@ async def latency(rate: int, seconds: float) -> dict[str, object]:
         tasks = [asyncio.create_task(ws_receiver(base.replace("http", "ws"), ws_ms, stop, gw_ms)),
                  asyncio.create_task(bare_receiver(mqtt, bare_ms, stop))]
         await asyncio.sleep(0.5)
+        fsync_ms: list[float] = []
+        probe_stop = threading.Event()
+        probe = threading.Thread(target=fsync_probe, args=(tmp, probe_stop, fsync_ms))
+        probe.start()
         pub = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--publisher", str(mqtt), str(rate), str(seconds))
         await pub.wait()
+        probe_stop.set()
+        probe.join()
         await asyncio.sleep(1.0)
         stop.set()
         await asyncio.gather(*tasks)
@@ -159,6 +184,10 @@ async def latency(rate: int, seconds: float) -> dict[str, object]:
             # store writer (gathering, commit) and the fan-out.
             "websocket_publish_to_gateway_receive": summary(gw_ms[warm:]),
             "baseline_bare_subscriber": summary(bare_ms[warm:]),
+            # The disk in the same window: a stall here explains one in the feed (readings
+            # are pushed only after their commit is on disk).
+            "disk_fsync_4k": {**summary(fsync_ms), "stalls_over_50_ms": sum(
+                1 for x in fsync_ms if x > 50)},
             "target_p99_ms": 10,
         }
     finally:
