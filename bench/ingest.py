@@ -159,7 +159,9 @@ class Roost:
     def __init__(self, port: int, data_dir: Path, synchronous: str = "full") -> None:
         self.port = port
         self.data_dir = data_dir
-        self.env = {**os.environ, "ROOST_STORE_SYNCHRONOUS": synchronous, "ROOST_LOG_LEVEL": "warning"}
+        self.env = {
+            **os.environ, "ROOST_STORE_SYNCHRONOUS": synchronous, "ROOST_LOG_LEVEL": "warning",
+        }
         self.proc: subprocess.Popen[bytes] | None = None
         self.http_port = free_port()
 
@@ -374,7 +376,7 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
 def steady_rate_rss(
     port: int, r: Roost, rate: int, seconds: float, nodes: str = "steady"
 ) -> dict[str, object]:
-    from gateway.mqtt.client import ConnectOptions, Connection
+    from gateway.mqtt.client import Connection, ConnectOptions
 
     async def go() -> dict[str, object]:
         conn = await Connection.open(ConnectOptions("127.0.0.1", port, "bench-steady",
@@ -388,8 +390,9 @@ def steady_rate_rss(
         while loop.time() - start < seconds:
             due = int((loop.time() - start) * rate)
             while sent < due:
-                payload = (b'{"b":1,"s":%d,"u":%d,"m":{"temp_c":21.5,"rh_pct":40.1}}' % (sent, sent))
-                t = asyncio.create_task(conn.publish(f"roost/v1/{nodes}{sent % 50}/readings", payload))
+                payload = b'{"b":1,"s":%d,"u":%d,"m":{"temp_c":21.5,"rh_pct":40.1}}' % (sent, sent)
+                topic = f"roost/v1/{nodes}{sent % 50}/readings"
+                t = asyncio.create_task(conn.publish(topic, payload))
                 pending.add(t)
                 t.add_done_callback(pending.discard)
                 sent += 1
@@ -412,7 +415,9 @@ def steady_rate_rss(
     return {
         "steady_rate_msgs_per_s": rate,
         "rss_mb_max": round(max(samples) / 1024, 1) if samples else None,
-        "rss_mb_median_second_half": round(sorted(tail)[len(tail) // 2] / 1024, 1) if tail else None,
+        "rss_mb_median_second_half": (
+            round(sorted(tail)[len(tail) // 2] / 1024, 1) if tail else None
+        ),
         # SD-card wear: WAL frames, checkpoints and everything else the gateway wrote.
         "bytes_written_per_reading": round(written / rows) if rows else None,
     }

@@ -21,7 +21,6 @@ import json
 import os
 import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ sys.path.insert(0, str(REPO))
 import httpx  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
-from gateway.mqtt.client import ConnectOptions, Connection  # noqa: E402
+from gateway.mqtt.client import Connection, ConnectOptions  # noqa: E402
 from gateway.store import schema  # noqa: E402
 
 
@@ -47,7 +46,7 @@ def free_port() -> int:
 
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
 def summary(ms: list[float]) -> dict[str, float | int]:
@@ -208,11 +207,13 @@ def make_store(data_dir: Path, step_s: int, days: int = 30) -> int:
     start = now - days * 86_400_000
     n = days * 86_400 // step_s
     conn.execute("BEGIN")
-    conn.execute("INSERT INTO nodes (node_ref, node_id, first_seen, last_seen) VALUES (1, 'n', ?, ?)",
+    conn.execute("INSERT INTO nodes (node_ref, node_id, first_seen, last_seen) "
+                 "VALUES (1, 'n', ?, ?)",
                  (start, now))
     conn.executemany("INSERT INTO metrics VALUES (?, ?)", [(1, "temp_c"), (2, "rh_pct")])
     conn.executemany(
-        "INSERT INTO messages (id, node_ref, boot, seq, ts, received, flags) VALUES (?,1,1,?,?,?,0)",
+        "INSERT INTO messages (id, node_ref, boot, seq, ts, received, flags) "
+        "VALUES (?,1,1,?,?,?,0)",
         ((i + 1, i, start + i * step_s * 1000, start + i * step_s * 1000) for i in range(n)))
     conn.executemany("INSERT INTO readings VALUES (?, ?, ?)",
                      ((i + 1 + 0 * k, k, 20.0 + (i % 100) / 10) for i in range(n) for k in (1, 2)))

@@ -113,7 +113,9 @@ async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, wha
         if last:
             return last
         await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: last {last!r}")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what or predicate}: last {last!r}"
+    )
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

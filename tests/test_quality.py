@@ -1,4 +1,5 @@
-"""The code is typed and linted: mypy --strict and ruff pass on the gateway package."""
+"""The code is typed and linted: mypy --strict on the gateway package, ruff on the gateway,
+its tests, the benchmarks and the firmware."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ def test_mypy_strict() -> None:
 
 
 def test_ruff() -> None:
-    r = subprocess.run([sys.executable, "-m", "ruff", "check", "gateway"], cwd=REPO,
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "gateway", "tests", "bench", "firmware"],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 

@@ -9,7 +9,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
-from gateway.mqtt.client import ConnectOptions, Connection
+from gateway.mqtt.client import Connection, ConnectOptions
 from tests.api.conftest import Running, StartGateway
 from tests.api.fleet import reading_now, status
 from tests.conftest import wait_for

@@ -90,7 +90,7 @@ async def test_overview_shows_nodes_and_live_reading(browser: Any, fleet: Runnin
     assert cellar is not None and cellar.endswith("%") and float(cellar[:-2]) < 100
     await snap(page, tmp_path, "dashboard.png")
     # Offline: everything the page loaded came from the gateway itself.
-    assert requests and all(u.startswith(fleet.base) or u.startswith(fleet.ws) for u in requests)
+    assert requests and all(u.startswith((fleet.base, fleet.ws)) for u in requests)
     # A phone, in dark mode.
     phone = await browser.new_page(viewport={"width": 390, "height": 844}, color_scheme="dark",
                                    device_scale_factor=2)
@@ -124,7 +124,8 @@ async def test_node_chart_renders_points(browser: Any, fleet: Running, tmp_path:
     before = int(await chart.get_attribute("data-points") or 0)
     await page.click('button[data-compare="kitchen"]')
     await page.wait_for_function(
-        f"() => Number(document.querySelector('[data-chart=\"temp_c\"]').dataset.points) > {before}",
+        "() => Number(document.querySelector('[data-chart=\"temp_c\"]').dataset.points)"
+        f" > {before}",
         timeout=15_000,
     )
     await snap(page, tmp_path, "node.png")

@@ -70,7 +70,7 @@ async def _stuck_client(ws_base: str) -> socket.socket:
     loop = asyncio.get_running_loop()
     await loop.sock_connect(s, (host, int(port)))
     key = base64.b64encode(os.urandom(16)).decode()
-    await loop.sock_sendall(s, 
+    await loop.sock_sendall(s,
         f"GET /ws/live HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
     )

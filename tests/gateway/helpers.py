@@ -8,7 +8,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from gateway.mqtt.client import ConnectOptions, Connection, MqttError
+from gateway.mqtt.client import Connection, ConnectOptions, MqttError
 
 
 def reading(boot: int, seq: int, **metrics: float) -> bytes:

@@ -26,7 +26,8 @@ def _items(node: str, n: int, boot: int = 1) -> list[tuple[str, bytes]]:
 def _assert_exact(d: Path, nodes: int, per_node: int) -> None:
     total = nodes * per_node
     assert count(d, "SELECT count(*) FROM messages") == total
-    assert count(d, "SELECT count(*) FROM (SELECT DISTINCT node_ref, boot, seq FROM messages)") == total
+    distinct = "SELECT count(*) FROM (SELECT DISTINCT node_ref, boot, seq FROM messages)"
+    assert count(d, distinct) == total
     assert count(d, "SELECT count(*) FROM readings") == 2 * total
     assert count(d, "SELECT count(*) FROM (SELECT message_id, metric_ref FROM readings "
                     "GROUP BY 1, 2 HAVING count(*) > 1)") == 0

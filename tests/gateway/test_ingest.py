@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.broker.managed import ManagedBroker
-from gateway.mqtt.client import ConnectOptions, Connection
+from gateway.mqtt.client import Connection, ConnectOptions
 from gateway.service import Gateway
 from gateway.store import writer as writer_module
 from tests.conftest import InProcessGateways, wait_for
@@ -67,11 +67,15 @@ async def test_v1_round_trip(gateway: Gateway, broker: ManagedBroker, tmp_path: 
     assert received > 1763812345123  # receive time kept beside the node's own time
 
 
-async def test_array_replay_and_dedup(gateway: Gateway, broker: ManagedBroker, tmp_path: Path) -> None:
+async def test_array_replay_and_dedup(
+    gateway: Gateway, broker: ManagedBroker, tmp_path: Path
+) -> None:
     replay = json.dumps([{"b": 3, "s": s, "u": s * 10, "m": {"temp_c": 20 + s}} for s in range(5)])
     await pub(broker, [("roost/v1/n1/readings", replay.encode())])
     # A redelivery of part of the same buffer (the node did not get our PUBACK) plus new ones.
-    again = json.dumps([{"b": 3, "s": s, "u": s * 10, "m": {"temp_c": 20 + s}} for s in range(3, 8)])
+    again = json.dumps(
+        [{"b": 3, "s": s, "u": s * 10, "m": {"temp_c": 20 + s}} for s in range(3, 8)]
+    )
     await pub(broker, [("roost/v1/n1/readings", again.encode())])
     d = data(tmp_path)
     await wait_for(lambda: counter(d, "messages") == 10, what="10 messages seen")
@@ -81,7 +85,9 @@ async def test_array_replay_and_dedup(gateway: Gateway, broker: ManagedBroker, t
     assert count(d, "SELECT count(DISTINCT seq) FROM messages") == 8
 
 
-async def test_seq_gaps_are_counted(gateway: Gateway, broker: ManagedBroker, tmp_path: Path) -> None:
+async def test_seq_gaps_are_counted(
+    gateway: Gateway, broker: ManagedBroker, tmp_path: Path
+) -> None:
     items = [("roost/v1/gappy/readings", reading(1, s)) for s in (0, 1, 2, 5, 6, 9)]
     await pub(broker, items)
     d = data(tmp_path)
@@ -140,12 +146,16 @@ async def test_bad_input_is_quarantined_and_ingest_goes_on(
     items.append(("roost/v1/n2/readings", reading(1, 0, temp_c=19.5)))
     await pub(broker, items)
     d = data(tmp_path)
-    await wait_for(lambda: counter(d, "quarantined") == len(BAD_INPUTS) and counter(d, "stored") == 1,
-                   what="all quarantined, the good one stored")
+    await wait_for(
+        lambda: counter(d, "quarantined") == len(BAD_INPUTS) and counter(d, "stored") == 1,
+        what="all quarantined, the good one stored",
+    )
     conn = db(d)
     got = conn.execute("SELECT topic, reason, raw, raw_len FROM quarantine ORDER BY id").fetchall()
     assert len(got) == len(BAD_INPUTS)
-    for (topic, reason, raw, raw_len), (want_topic, payload, why) in zip(got, BAD_INPUTS, strict=True):
+    for (topic, reason, raw, raw_len), (want_topic, payload, why) in zip(
+        got, BAD_INPUTS, strict=True
+    ):
         assert topic == want_topic
         assert why in reason, (topic, reason)
         assert raw_len == len(payload)
@@ -158,7 +168,8 @@ async def test_bad_input_is_quarantined_and_ingest_goes_on(
 async def test_array_with_one_bad_element_keeps_the_rest(
     gateway: Gateway, broker: ManagedBroker, tmp_path: Path
 ) -> None:
-    arr = b'[{"b":1,"s":0,"m":{"temp_c":1}},{"b":1,"s":"x","m":{"temp_c":2}},{"b":1,"s":2,"m":{"temp_c":3}}]'
+    arr = (b'[{"b":1,"s":0,"m":{"temp_c":1}},{"b":1,"s":"x","m":{"temp_c":2}},'
+           b'{"b":1,"s":2,"m":{"temp_c":3}}]')
     await pub(broker, [("roost/v1/n3/readings", arr)])
     d = data(tmp_path)
     await wait_for(lambda: counter(d, "stored") == 2 and counter(d, "quarantined") == 1)
@@ -169,7 +180,8 @@ async def test_array_with_one_bad_element_keeps_the_rest(
 
 
 async def test_topic_mappings(gateway: Gateway, broker: ManagedBroker, tmp_path: Path) -> None:
-    tasmota = b'{"Time":"2024-05-01T10:00:00","AM2301":{"Temperature":21.7,"Humidity":48.1},"TempUnit":"C"}'
+    tasmota = (b'{"Time":"2024-05-01T10:00:00","AM2301":{"Temperature":21.7,"Humidity":48.1},'
+               b'"TempUnit":"C"}')
     await pub(broker, [
         ("pico/temperature/dht22", b"21.4"),
         ("pico/humidity/dht22", b" 45.5\n"),
@@ -195,7 +207,9 @@ async def test_topic_mappings(gateway: Gateway, broker: ManagedBroker, tmp_path:
     assert seqs == [(0,), (1,)]
 
 
-async def test_status_birth_and_will(gateway: Gateway, broker: ManagedBroker, tmp_path: Path) -> None:
+async def test_status_birth_and_will(
+    gateway: Gateway, broker: ManagedBroker, tmp_path: Path
+) -> None:
     birth = (b'{"state":"online","fw":"1.2.0","board":"pico_w","boot":7,"ip":"10.42.0.17",'
              b'"rssi":-61,"mem_free":81234,"dropped":0}')
     await pub(broker, [("roost/v1/nodeb/status", birth)])

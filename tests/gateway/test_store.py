@@ -98,9 +98,9 @@ async def test_synthetic_ids_continue_across_restarts(tmp_path: Path) -> None:
     assert [r[0] for r in conn.execute("SELECT seq FROM messages ORDER BY id")] == [0, 1, 2, 3]
 
 
-async def test_failed_commit_is_retried_and_leaves_no_trace(writer: StoreWriter,
-                                                            tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_failed_commit_is_retried_and_leaves_no_trace(
+    writer: StoreWriter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from gateway.store import writer as wm
 
     real = wm._execute

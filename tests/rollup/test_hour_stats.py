@@ -1,4 +1,5 @@
-"""hour_stats: per (node, metric) n/sum/min/max of each rolled hour, in the catalog's transaction."""
+"""hour_stats: per (node, metric) n/sum/min/max of each rolled hour, in the catalog's
+transaction."""
 
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import json
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -159,8 +159,8 @@ async def test_catches_up_every_missed_hour_and_waits_for_grace(store: Store) ->
 
 async def test_out_of_window_timestamps_are_quarantined_not_rolled(store: Store) -> None:
     now = now_ms()
-    await store.add(fleet(HOUR, 2, 5) + [msg("bad", 1, 0, 86_400_000, temp_c=1.0),
-                                         msg("bad", 1, 1, now + 400 * 86_400_000, temp_c=2.0)])
+    await store.add([*fleet(HOUR, 2, 5), msg("bad", 1, 0, 86_400_000, temp_c=1.0),
+                     msg("bad", 1, 1, now + 400 * 86_400_000, temp_c=2.0)])
     r = await store.rollup.run_once()
     assert r.quarantined == 2
     assert [x.hour for x in r.rolled] == [HOUR]

@@ -94,7 +94,9 @@ class CloudBroker:
         import socket
 
         while time.time() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), 0.2
+            ):
                 return
             time.sleep(0.05)
         raise RuntimeError("cloud mosquitto did not start")
@@ -141,7 +143,9 @@ class Tansu:
 
         deadline = time.time() + 15
         while time.time() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), 0.2
+            ):
                 return
             time.sleep(0.05)
         raise RuntimeError("tansu did not start")
@@ -267,7 +271,7 @@ class MqttReader:
     async def start(self) -> None:
         import ssl
 
-        from gateway.mqtt.client import ConnectOptions, Connection, MqttError
+        from gateway.mqtt.client import Connection, ConnectOptions, MqttError
 
         ctx = ssl.create_default_context(cafile=str(self.broker.tls.ca))
         opts = ConnectOptions("localhost", self.broker.port, "test-reader", clean_start=False,

@@ -17,7 +17,7 @@ def block(lang: str) -> str:
 
 def test_python_deduplication() -> None:
     scope: dict[str, object] = {}
-    exec(block("python"), scope)  # noqa: S102 - our own documentation
+    exec(block("python"), scope)
     records = [{"node_id": n, "boot": b, "seq": s, "v": i} for i, (n, b, s) in enumerate(
         [("a", 1, 0), ("a", 1, 1), ("b", 1, 0), ("a", 1, 1), ("a", 2, 0), ("b", 1, 0)])]
     out = list(scope["deduplicate"](records))  # type: ignore[operator]
