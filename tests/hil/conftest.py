@@ -171,3 +171,12 @@ def _junit(path: Path, n: dict[str, int]) -> None:
         elif r["outcome"] == "skipped":
             ET.SubElement(case, "skipped", message=r["message"])
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+
+
+@pytest.fixture
+def vboard(tmp_path: Path) -> Iterator[VirtualBoard]:
+    """One blank virtual board behind a pty with a stable link (for flash and REPL tests)."""
+    b = VirtualBoard(tmp_path / "b", link=tmp_path / "ttyVB0")
+    b.start()
+    yield b
+    b.stop()

@@ -7,7 +7,6 @@ import base64
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,14 +37,6 @@ def test_credentials_are_checked() -> None:
         read_credentials("node n-1: MQTT user 'n-1', password 'pw'", "n-1", "f")
     with pytest.raises(FlashError, match="needs node_id, user and password"):
         read_credentials(json.dumps({"node_id": "n-1", "user": "n-1"}), "n-1", "f")
-
-
-@pytest.fixture
-def vboard(tmp_path: Path) -> Iterator[VirtualBoard]:
-    b = VirtualBoard(tmp_path / "b", link=tmp_path / "ttyVB0")
-    b.start()
-    yield b
-    b.stop()
 
 
 def roost(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,6 @@ from gateway.virtual.board import VirtualBoard
 from tests.hil.rig import REPO, until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def vboard(tmp_path: Path) -> Iterator[VirtualBoard]:
-    b = VirtualBoard(tmp_path / "b", link=tmp_path / "ttyVB0")
-    b.start()
-    yield b
-    b.stop()
 
 
 def mp(board: VirtualBoard, *args: str) -> subprocess.CompletedProcess[str]:
