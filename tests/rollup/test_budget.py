@@ -85,19 +85,33 @@ async def test_drops_delivered_parquet_before_pausing(make_store, small_fs: Path
     assert not s.rollup.budget.state.paused
 
 
+@contextlib.contextmanager
+def parquet_on(small_fs: Path, s: Store) -> Iterator[Path]:
+    """The store's Parquet root bind-mounted onto the small file system (unmounted after)."""
+    root = s.data_dir / "parquet"
+    root.mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(small_fs), str(root)], check=True)
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+def fill(root: Path) -> None:
+    """Fill the file system under ``root`` to the last byte (``root / "ballast"``)."""
+    with contextlib.suppress(OSError), (root / "ballast").open("wb") as f:
+        while True:
+            f.write(b"\0" * 4096)
+            f.flush()
+
+
 async def test_full_disk_during_rollup_leaves_old_state_and_next_run_succeeds(
     make_store, small_fs: Path, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
     s: Store = await make_store(data_dir=tmp_path / "data")
     await s.add(fleet(HOUR, 200, 300))
-    root = s.data_dir / "parquet"
-    root.mkdir(parents=True)
-    subprocess.run(["mount", "--bind", str(small_fs), str(root)], check=True)
-    try:
-        with contextlib.suppress(OSError), (root / "ballast").open("wb") as f:
-            while True:  # fill the file system to the last byte
-                f.write(b"\0" * 4096)
-                f.flush()
+    with parquet_on(small_fs, s) as root:
+        fill(root)
         from gateway.rollup.scheduler import RollupFailed
 
         with pytest.raises(RollupFailed):
@@ -109,8 +123,6 @@ async def test_full_disk_during_rollup_leaves_old_state_and_next_run_succeeds(
         r = await s.rollup.run_once()
         assert r.rolled[0].rows == 200 * 300 * 3
         assert not list(root.glob(".spill-*")) and not list(root.glob("readings/**/.*.tmp"))
-    finally:
-        subprocess.run(["umount", "-l", str(root)], check=False)
     conn = sqlite3.connect(s.data_dir / "roost.sqlite3")
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
@@ -125,18 +137,12 @@ async def test_full_disk_during_a_reroll_keeps_the_old_file_and_stats(
 
     s: Store = await make_store(data_dir=tmp_path / "data")
     await s.add(fleet(HOUR, 100, 300))
-    root = s.data_dir / "parquet"
-    root.mkdir(parents=True)
-    subprocess.run(["mount", "--bind", str(small_fs), str(root)], check=True)
-    try:
+    with parquet_on(small_fs, s) as root:
         await s.rollup.run_once()
         part = root / relpath(HOUR)
         old = hashlib.sha256(part.read_bytes()).hexdigest()
         await s.add(fleet(HOUR, 100, 100, first_seq=300))  # late readings: due again
-        with contextlib.suppress(OSError), (root / "ballast").open("wb") as f:
-            while True:
-                f.write(b"\0" * 4096)
-                f.flush()
+        fill(root)
         with pytest.raises(RollupFailed):
             await s.rollup.run_once()
         assert hashlib.sha256(part.read_bytes()).hexdigest() == old
@@ -147,5 +153,3 @@ async def test_full_disk_during_a_reroll_keeps_the_old_file_and_stats(
         assert [x.rows for x in r.rolled] == [100 * 400 * 3]
         assert s.one("SELECT sum(n) FROM hour_stats") == 100 * 400 * 3
         assert not list(root.glob(".spill-*")) and not list(root.glob("readings/**/.*.tmp"))
-    finally:
-        subprocess.run(["umount", "-l", str(root)], check=False)
