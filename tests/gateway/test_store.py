@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -167,18 +169,25 @@ def unit(seq: int, acked: list[int], node: str = "g") -> Unit:
     return Unit([msg(node, 1, seq)], 1_000_000, publishes=1, on_commit=lambda: acked.append(seq))
 
 
-async def test_an_idle_writer_commits_a_lone_unit_at_once(tmp_path: Path) -> None:
-    w = StoreWriter(tmp_path / "roost.sqlite3", batch_max_ms=NEVER_MS)
-    await w.open()
+@contextlib.asynccontextmanager
+async def running(w: StoreWriter) -> AsyncIterator[None]:
+    """The writer task running (opened before, closed after); the body has 30 s."""
     task = asyncio.create_task(w.run())
-    acked: list[int] = []
     try:
         async with asyncio.timeout(30):
-            await w.submit(unit(0, acked))
-            await w.drain()
+            yield
     finally:
         task.cancel()
         await w.close()
+
+
+async def test_an_idle_writer_commits_a_lone_unit_at_once(tmp_path: Path) -> None:
+    w = StoreWriter(tmp_path / "roost.sqlite3", batch_max_ms=NEVER_MS)
+    await w.open()
+    acked: list[int] = []
+    async with running(w):
+        await w.submit(unit(0, acked))
+        await w.drain()
     # One transaction for the one unit, and it did not wait for company.
     assert acked == [0] and (w.transactions, w.units, w.waits) == (1, 1, 0)
 
@@ -189,13 +198,8 @@ async def test_a_queued_backlog_commits_many_units_per_transaction(tmp_path: Pat
     acked: list[int] = []
     for seq in range(200):  # queued before the writer runs: a backlog
         await w.submit(unit(seq, acked))
-    task = asyncio.create_task(w.run())
-    try:
-        async with asyncio.timeout(30):
-            await w.drain()
-    finally:
-        task.cancel()
-        await w.close()
+    async with running(w):
+        await w.drain()
     # Group commit: whatever is queued goes into the transaction, up to batch_max_rows.
     assert acked == list(range(200)) and (w.transactions, w.units) == (4, 200)
     conn = sqlite3.connect(tmp_path / "roost.sqlite3")
@@ -205,19 +209,14 @@ async def test_a_queued_backlog_commits_many_units_per_transaction(tmp_path: Pat
 async def test_a_stream_right_after_a_commit_gathers_until_the_row_limit(tmp_path: Path) -> None:
     w = StoreWriter(tmp_path / "roost.sqlite3", batch_max_rows=10, batch_max_ms=NEVER_MS)
     await w.open()
-    task = asyncio.create_task(w.run())
     acked: list[int] = []
-    try:
-        async with asyncio.timeout(30):
-            await w.submit(unit(0, acked))
-            await w.drain()  # committed at once: the writer was idle
-            for seq in range(1, 11):
-                await w.submit(unit(seq, acked))
-                await asyncio.sleep(0)  # let the writer take each one as it comes
-            await w.drain()
-    finally:
-        task.cancel()
-        await w.close()
+    async with running(w):
+        await w.submit(unit(0, acked))
+        await w.drain()  # committed at once: the writer was idle
+        for seq in range(1, 11):
+            await w.submit(unit(seq, acked))
+            await asyncio.sleep(0)  # let the writer take each one as it comes
+        await w.drain()
     # Within batch_max_ms of the last commit the writer gathers rather than commit each unit;
     # batch_max_rows (10 one-row units) ended the wait, not the clock.
     assert acked == list(range(11)) and (w.transactions, w.waits) == (2, 1)
