@@ -48,6 +48,7 @@ def rootfs() -> Iterator[Path]:
         libdir = root / "usr/local/lib/roost-imagetest"
         libdir.mkdir(parents=True)
         shutil.copy(BOOT / "check-boot.sh", libdir / "check-boot.sh")
+        shutil.copy(BOOT.parent / "verdict.sh", libdir / "verdict.sh")
         shutil.copy(BOOT / "roost-imagetest-broken.service", root / "etc/systemd/system")
         yield root
     finally:

@@ -19,6 +19,7 @@ SCRIPTS = [
     IMAGE / "files" / "wifi-fallback",
     *sorted((IMAGE / "pi-gen").rglob("*.sh")),
     BOOT / "check-boot.sh",
+    BOOT.parent / "verdict.sh",
     *sorted((BOOT.parent / "vm").glob("*.sh")),
 ]
 UNITS = sorted(p.name for p in (IMAGE / "files").iterdir() if p.suffix in (".service", ".timer")

@@ -101,6 +101,7 @@ def disk() -> Iterator[tuple[Path, Path, Path, Path]]:
             shutil.copy(f, lib / "mp" / f.name)
         for name in ("check-vm.sh", "radio.sh", "micropython", "vnode.py"):
             shutil.copy(VM / name, lib / name)
+        shutil.copy(VM.parent / "verdict.sh", lib / "verdict.sh")
         shutil.copytree(REPO / "firmware", lib / "firmware",
                         ignore=shutil.ignore_patterns("tests", "__pycache__"))
         for unit in ("roost-vmtest.service", "roost-vmtest-radio.service"):

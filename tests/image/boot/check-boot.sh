@@ -14,25 +14,8 @@ mkdir -p "$out"
 : >"$V"
 roost=/opt/roost/venv/bin/roost
 
-rec() {  # rec NAME OK(true|false|skip) DETAIL
-  python3 -c 'import json, sys
-print(json.dumps({"check": sys.argv[1], "ok": sys.argv[2], "detail": sys.argv[3]}))' \
-    "$1" "$2" "$3" >>"$V"
-}
-check() {  # check NAME DETAIL COMMAND...: ok when COMMAND succeeds
-  local name=$1 detail=$2
-  shift 2
-  local output
-  if output=$("$@" 2>&1); then rec "$name" true "$detail"; else rec "$name" false "$detail: $output"; fi
-}
-wait_for() {  # wait_for SECONDS COMMAND...
-  local deadline=$((SECONDS + $1))
-  shift
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -ge $deadline ] && return 1
-    sleep 0.5
-  done
-}
+# shellcheck source-path=SCRIPTDIR source=../verdict.sh
+. "$(dirname "$0")/verdict.sh"  # rec, check, wait_for
 reading() {  # reading SEQ: a valid reading message
   printf '{"b":1,"s":%d,"t":%d,"u":5000,"m":{"temp_c":21.5}}' "$1" "$(($(date +%s) * 1000))"
 }

@@ -18,26 +18,9 @@ lib=/usr/local/lib/roost-vmtest
 N=(ip netns exec node)
 
 up() { cut -d' ' -f1 /proc/uptime; }
-rec() {  # rec NAME OK(true|false|skip) DETAIL
-  python3 -c 'import json, sys
-print(json.dumps({"check": sys.argv[1], "ok": sys.argv[2], "detail": sys.argv[3]}))' \
-    "$1" "$2" "$3" >>"$V"
-}
-check() {  # check NAME DETAIL COMMAND...: ok when COMMAND succeeds; DETAIL gets the uptime
-  local name=$1 detail=$2
-  shift 2
-  local output
-  if output=$("$@" 2>&1); then rec "$name" true "$detail (at ${UPTIME:-$(up)} s)"
-  else rec "$name" false "$detail: $output"; fi
-}
-wait_for() {  # wait_for SECONDS COMMAND...
-  local deadline=$((SECONDS + $1))
-  shift
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -ge $deadline ] && return 1
-    sleep 0.5
-  done
-}
+# shellcheck source-path=SCRIPTDIR source=../verdict.sh
+. "$(dirname "$0")/verdict.sh"  # rec, check, wait_for
+check_detail() { printf '%s (at %s s)' "$1" "${UPTIME:-$(up)}"; }  # passing checks: when
 json_get() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$@"; }
 
 rec virt true "$(systemd-detect-virt 2>&1), kernel $(uname -r), check started at $(up) s"
