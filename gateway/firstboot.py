@@ -71,6 +71,8 @@ __all__ = [
 ]
 
 DATA_DIR = "/var/lib/roost"
+#: In the data dir while the last boot partition roost.toml was refused: the dashboard shows it.
+ERROR_FILE = "firstboot-error.txt"
 HTTP_PORT = 80
 WIFI_PROFILE = "roost-wifi"
 HOTSPOT_PROFILE = "roost-hotspot"
@@ -487,7 +489,7 @@ def run(paths: Paths, boot_file: Path) -> Report:
     report = Report()
     if ensure_gateway_credentials(paths):
         report.applied.append("gateway broker credentials")
-    error_file = paths(f"{DATA_DIR}/firstboot-error.txt")
+    error_file = paths(f"{DATA_DIR}/{ERROR_FILE}")
     if boot_file.is_file():
         try:
             cfg = parse(boot_file.read_text(encoding="utf-8"))

@@ -39,7 +39,9 @@ from gateway.api.views import (
     read_node_views,
     read_quarantine,
 )
+from gateway.firstboot import ERROR_FILE as FIRSTBOOT_ERROR
 from gateway.rollup.budget import measure
+from gateway.rollup.catalog import get_state
 from gateway.store.reader import read_sinks, read_stats
 
 __all__ = ["ROUTES"]
@@ -60,11 +62,6 @@ End = Annotated[str | None, QueryParameter(description="Like start; default now"
 Hours = Annotated[int, QueryParameter(ge=1, le=24 * 90, description="Completeness window in hours")]
 
 
-#: What gateway/firstboot.py writes into the data dir when the boot partition's roost.toml was
-#: refused; the dashboard shows it until a valid file is applied (which deletes it).
-FIRSTBOOT_ERROR = "firstboot-error.txt"
-
-
 def firstboot_error(ctx: ApiContext) -> str | None:
     try:
         text = (ctx.data_dir / FIRSTBOOT_ERROR).read_text(encoding="utf-8", errors="replace")
@@ -73,22 +70,18 @@ def firstboot_error(ctx: ApiContext) -> str | None:
     return text.strip()[:4000] or "the first-boot configuration was refused (no reason given)"
 
 
-def budget_paused(conn: sqlite3.Connection) -> bool:
+def budget_paused_since(conn: sqlite3.Connection) -> int | None:
+    """When the disk budget paused ingest (epoch ms), as the rollup recorded it; else None."""
     try:
-        row = conn.execute(
-            "SELECT value FROM rollup_state WHERE name = 'budget_paused_since'"
-        ).fetchone()
-    except sqlite3.OperationalError:
-        return False
-    return bool(row and row[0])
+        return get_state(conn, "budget_paused_since") or None
+    except sqlite3.OperationalError:  # a store older than the rollup's tables
+        return None
 
 
 def read_budget(conn: sqlite3.Connection, ctx: ApiContext) -> dict[str, Any]:
     """The disk budget as the rollup left it in the store: paused since when, and why."""
+    since = budget_paused_since(conn)
     try:
-        row = conn.execute(
-            "SELECT value FROM rollup_state WHERE name = 'budget_paused_since'"
-        ).fetchone()
         counters = dict(
             conn.execute(
                 "SELECT name, value FROM counters "
@@ -96,8 +89,7 @@ def read_budget(conn: sqlite3.Connection, ctx: ApiContext) -> dict[str, Any]:
             )
         )
     except sqlite3.OperationalError:
-        row, counters = None, {}
-    since = int(row[0]) if row and row[0] else None
+        counters = {}
     usage = measure(conn, ctx.data_dir)
     return {
         "paused": since is not None,
@@ -220,7 +212,7 @@ async def stats(ctx: Ctx) -> dict[str, Any]:
 @get("/metrics", tags=["gateway"], guards=[read_guard], summary="Prometheus metrics")
 async def metrics(ctx: Ctx) -> Response[bytes]:
     st, sinks, paused = await ctx.pool.run(
-        lambda c: (read_stats(c, ctx.data_dir), read_sinks(c), budget_paused(c))
+        lambda c: (read_stats(c, ctx.data_dir), read_sinks(c), budget_paused_since(c) is not None)
     )
     ing, writer, hub = ctx.ingest, ctx.writer, ctx.hub
     snap = Snapshot(
