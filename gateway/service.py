@@ -99,25 +99,9 @@ class Gateway:
             "store writer": asyncio.create_task(writer.run(), name="store-writer"),
             "ingest": asyncio.create_task(ingest.run(), name="ingest"),
         }
-        # The API stack (Litestar, uvicorn) and the rollup take ~0.25 s to import: done in a
-        # thread while ingest already runs, so a backlog queued at the broker starts draining
-        # at once instead of after the imports (bench/ingest.py counts the start-up).
-        api_server, rollup = await asyncio.to_thread(_import_late)
-        # The API, live WebSocket and dashboard (gateway/api): uvicorn in this same loop. It only
-        # reads the store and listens to commits, so a failure there never stops ingest.
-        self.api = api_server(s, data_dir, writer, ingest)
-        tasks["api"] = asyncio.create_task(self.api.serve(), name="api")
-        # Hourly Parquet rollup, retention and the disk budget (gateway/rollup): pyarrow runs in
-        # a short-lived worker process; the budget gates the writer's commits when over.
-        self.rollup = rollup(s, writer)
-        tasks["rollup"] = asyncio.create_task(self.rollup.run(), name="rollup")
-        if sdnotify.watchdog_interval() is not None:
-            tasks["watchdog"] = asyncio.create_task(sdnotify.watchdog_loop(), name="watchdog")
-        if self.broker is not None:
-            tasks["broker supervisor"] = asyncio.create_task(
-                self.broker.supervise(), name="broker-supervisor"
-            )
-        # Upstream sync: one runner per enabled sink, each with its own outbox reader.
+        # Upstream sync: one runner per enabled sink, each with its own outbox reader. Set up
+        # before the API starts, so that whatever the API (or a test) sees once it answers is
+        # the whole gateway.
         for sink_settings in s.sinks:
             if not sink_settings.enabled:
                 continue
@@ -133,6 +117,25 @@ class Gateway:
             self.sinks.append(runner)
             tasks[f"sink {sink_settings.name}"] = asyncio.create_task(
                 runner.run(), name=f"sink-{sink_settings.name}"
+            )
+        # The API stack (Litestar, uvicorn) and the rollup take ~0.25 s to import: done in a
+        # thread while ingest already runs, so a backlog queued at the broker starts draining
+        # at once instead of after the imports (bench/ingest.py counts the start-up).
+        api_server, rollup = await asyncio.to_thread(_import_late)
+        # Hourly Parquet rollup, retention and the disk budget (gateway/rollup): pyarrow runs in
+        # a short-lived worker process; the budget gates the writer's commits when over.
+        self.rollup = rollup(s, writer)
+        tasks["rollup"] = asyncio.create_task(self.rollup.run(), name="rollup")
+        # The API last (its answering means the rest is set up), live WebSocket and dashboard
+        # (gateway/api): uvicorn in this same loop. It only reads the store and listens to
+        # commits, so a failure there never stops ingest.
+        self.api = api_server(s, data_dir, writer, ingest)
+        tasks["api"] = asyncio.create_task(self.api.serve(), name="api")
+        if sdnotify.watchdog_interval() is not None:
+            tasks["watchdog"] = asyncio.create_task(sdnotify.watchdog_loop(), name="watchdog")
+        if self.broker is not None:
+            tasks["broker supervisor"] = asyncio.create_task(
+                self.broker.supervise(), name="broker-supervisor"
             )
         stop_wait = asyncio.create_task(self._stop.wait(), name="stop")
         sdnotify.notify("READY=1")
