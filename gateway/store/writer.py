@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import logging
 import sqlite3
 import time
@@ -123,6 +125,43 @@ def _load_boots(conn: sqlite3.Connection, cat: Catalog, pairs: set[tuple[str, in
             cat.offsets[(ref, boot)] = row[0]
 
 
+#: Rows bound into one multi-row INSERT statement (at most 999 parameters, the oldest SQLite
+#: limit). ``executemany`` resets and steps its statement once per row and hands the GIL back and
+#: forth around every step: for the messages and readings inserts that per-row overhead was
+#: about half their cost. A 64-row statement halved it (bench: 4.1 -> 1.9 us of CPU per message
+#: for both inserts), and SQLite then spends longer per step with the GIL released.
+_ROWS_PER_STATEMENT = 64
+
+
+@functools.lru_cache(maxsize=32)
+def _values_sql(head: str, width: int, rows: int) -> str:
+    one = "(" + ",".join("?" * width) + ")"
+    return f"{head} VALUES {','.join([one] * rows)}"
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, head: str, width: int, rows: Sequence[tuple[object, ...]]
+) -> int:
+    """Run ``head VALUES (...), (...)`` over ``rows``; returns the rows changed.
+
+    Full statements of ``_ROWS_PER_STATEMENT`` rows, then the rest one row per step (two
+    statement texts, so the statement cache keeps both).
+    """
+    per = _ROWS_PER_STATEMENT
+    n = len(rows)
+    full = n - n % per
+    changed = 0
+    if full:
+        flat = itertools.chain.from_iterable
+        changed += conn.executemany(
+            _values_sql(head, width, per),
+            [tuple(flat(rows[i : i + per])) for i in range(0, full, per)],
+        ).rowcount
+    if full < n:
+        changed += conn.executemany(_values_sql(head, width, 1), rows[full:]).rowcount
+    return changed
+
+
 def _execute(conn: sqlite3.Connection, p: Plan, derived: Derived, raw_limit: int) -> list[Pending]:
     """Run one planned transaction on the store thread; returns the messages inserted."""
     conn.execute("BEGIN IMMEDIATE")
@@ -137,13 +176,14 @@ def _execute(conn: sqlite3.Connection, p: Plan, derived: Derived, raw_limit: int
         inserted = p.pending
         if inserted:
             rows = p.message_rows()
-            cur = conn.executemany(
+            changed = _insert_rows(
+                conn,
                 "INSERT OR IGNORE INTO messages "
-                "(id, node_ref, boot, seq, ts, received, uptime_ms, flags) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "(id, node_ref, boot, seq, ts, received, uptime_ms, flags)",
+                8,
                 rows,
             )
-            if cur.rowcount != len(rows):
+            if changed != len(rows):
                 # Redeliveries: keep only the messages the unique identity let in.
                 kept = {
                     r[0]
@@ -155,7 +195,7 @@ def _execute(conn: sqlite3.Connection, p: Plan, derived: Derived, raw_limit: int
                 inserted = [m for m in p.pending if m.id in kept]
                 derived = derive(inserted)
         if derived.readings:
-            conn.executemany("INSERT INTO readings VALUES (?, ?, ?)", derived.readings)
+            _insert_rows(conn, "INSERT INTO readings", 3, derived.readings)
             conn.executemany(
                 "INSERT INTO latest (node_ref, metric_ref, ts, value, message_id) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (node_ref, metric_ref) DO UPDATE SET "

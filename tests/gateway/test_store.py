@@ -50,6 +50,32 @@ async def test_duplicates_within_and_across_batches(writer: StoreWriter, tmp_pat
     assert s.db_bytes > 0
 
 
+async def test_large_batches_with_scattered_duplicates(
+    writer: StoreWriter, tmp_path: Path
+) -> None:
+    # Several multi-row INSERT statements per table plus a remainder, with redeliveries of
+    # earlier commits and repeats inside the batch landing in different statements.
+    first = [msg("a", 1, s, t=1_000 + s, temp_c=s, rh_pct=-s) for s in range(150)]
+    await commit(writer, *first)
+    again = [msg("a", 1, s, t=1_000 + s, temp_c=s, rh_pct=-s) for s in range(100, 300)]
+    again += [msg("a", 1, s, t=1_000 + s, temp_c=s, rh_pct=-s) for s in range(0, 300, 7)]
+    r = await commit(writer, *again)
+    assert (r.messages, r.stored, r.duplicates, r.rows) == (243, 150, 93, 300)
+    assert sorted(m.seq for m in r.inserted) == list(range(150, 300))
+    conn = sqlite3.connect(tmp_path / "roost.sqlite3")
+    got = conn.execute(
+        "SELECT m.seq, group_concat(x.name || '=' || r.value, ',') FROM messages m "
+        "JOIN readings r ON r.message_id = m.id JOIN metrics x USING (metric_ref) "
+        "GROUP BY m.id ORDER BY m.seq"
+    ).fetchall()
+    conn.close()
+    assert [seq for seq, _ in got] == list(range(300))
+    assert all(
+        sorted(vals.split(",")) == sorted([f"temp_c={float(seq)}", f"rh_pct={float(-seq)}"])
+        for seq, vals in got
+    )
+
+
 async def test_ledger_counts_gaps_per_boot(writer: StoreWriter, tmp_path: Path) -> None:
     await commit(writer, *[msg("a", 1, s) for s in (0, 1, 4)], *[msg("a", 2, s) for s in (0, 2)])
     conn = open_readonly(tmp_path)
