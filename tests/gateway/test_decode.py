@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from gateway.ingest.decode import Decoder
@@ -116,3 +117,30 @@ def test_mapping_templates_are_checked() -> None:
 def test_snake_case() -> None:
     assert snake_case("AM2301-Humidity") == "am2301_humidity"
     assert snake_case("TempUnit") == "temp_unit"
+
+
+def test_bad_metric_names_after_the_topic_is_known() -> None:
+    # The second and later messages on a topic take the cached route: every check still runs.
+    d = Decoder(max_payload_bytes=256)
+    assert isinstance(d.decode(T, b'{"b":1,"s":0,"m":{"x":1}}')[0], Message)
+    (big,) = d.decode(T, b'{"b":1,"s":1,"m":{"x":1}}' + b" " * 300)
+    assert isinstance(big, Rejected) and "max_payload_bytes" in big.reason
+    for name in ("Temp C", "x\n", "_x", "x" * 64, "temp-c"):
+        key = msgspec.json.encode(name)
+        (r,) = d.decode(T, b'{"b":1,"s":2,"m":{"ok":1,%s:2}}' % key)
+        assert isinstance(r, Rejected) and "invalid reading: metric name" in r.reason, name
+    (ok,) = d.decode(T, b'{"b":1,"s":3,"m":{"%s":1}}' % (b"x" * 63))
+    assert isinstance(ok, Message)
+
+
+def test_array_with_a_bad_metric_name_keeps_the_good_elements() -> None:
+    payload = (
+        b'[{"b":1,"s":1,"m":{"x":1}},{"b":1,"s":2,"m":{"Bad Name":2}},{"b":1,"s":3,"m":{"y":3}}]'
+    )
+    out = Decoder().decode(T, payload)
+    assert [type(o) for o in out] == [Message, Rejected, Message]
+    bad = out[1]
+    assert isinstance(bad, Rejected)
+    assert bad.reason.startswith("invalid reading at [1]: metric name 'Bad Name'")
+    assert bad.payload == b'{"b":1,"s":2,"m":{"Bad Name":2}}'
+    assert [m.seq for m in out if isinstance(m, Message)] == [1, 3]
