@@ -153,7 +153,7 @@ class ManagedBroker:
                 f"autosave_interval {self.autosave_interval_s}",
                 "max_queued_messages 0",
                 "max_queued_bytes 0",
-                "max_inflight_messages 1000",
+                "max_inflight_messages 10000",
                 "persistent_client_expiration 14d",
                 f"log_dest file {self.log_path}",
                 "log_type error",

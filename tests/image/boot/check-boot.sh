@@ -95,7 +95,7 @@ if [ "$mode" = valid ]; then
     runuser -u roost -- "$roost" stats --data-dir /var/lib/roost --json
   check broker_durability "mosquitto runs with the managed broker's durability settings" \
     sh -c 'for k in "max_queued_messages 0" "max_queued_bytes 0" "autosave_interval 1" \
-      "max_inflight_messages 1000" "persistence true" "user mosquitto"; do
+      "max_inflight_messages 10000" "persistence true" "user mosquitto"; do
       grep -qx "$k" /etc/mosquitto/mosquitto.conf || { echo "missing: $k"; exit 1; }; done'
   check broker_persistence "mosquitto saved its persistence file (autosave 1 s)" \
     wait_for 10 test -s /var/lib/mosquitto/mosquitto.db
