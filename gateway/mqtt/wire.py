@@ -185,6 +185,10 @@ class Packet(msgspec.Struct, frozen=True, gc=False):
     body: bytes
 
 
+# A PUBLISH's fixed-header flags (low nibble) -> (qos, dup, retain).
+_PUBLISH_FLAGS = tuple(((f >> 1) & 0x03, bool(f & 0x08), bool(f & 0x01)) for f in range(16))
+
+
 class PacketParser:
     """Incremental parser: ``feed`` bytes, get every complete packet back, in order."""
 
@@ -209,32 +213,38 @@ class PacketParser:
         topics = self._topics
         while end - pos >= 2:
             first = buf[pos]
-            # Remaining length: 1 to 4 bytes, 7 bits each.
-            length = 0
-            shift = 0
-            i = pos + 1
-            complete = False
-            while i < end:
-                byte = buf[i]
-                i += 1
-                length |= (byte & 0x7F) << shift
-                if not byte & 0x80:
-                    complete = True
+            # Remaining length: 1 to 4 bytes, 7 bits each. One byte (< 128) is the common case.
+            length = buf[pos + 1]
+            i = pos + 2
+            if length & 0x80:
+                length &= 0x7F
+                shift = 7
+                complete = False
+                while i < end:
+                    byte = buf[i]
+                    i += 1
+                    length |= (byte & 0x7F) << shift
+                    if not byte & 0x80:
+                        complete = True
+                        break
+                    shift += 7
+                    if shift > 21:
+                        raise ProtocolError("remaining length longer than 4 bytes")
+                if not complete:
                     break
-                shift += 7
-                if shift > 21:
-                    raise ProtocolError("remaining length longer than 4 bytes")
-            if not complete:
-                break
             stop = i + length
             if stop > end:
                 break
-            kind = first & 0xF0
-            if kind == PUBLISH:
-                qos = (first >> 1) & 0x03
+            if first & 0xF0 == PUBLISH:
+                qos, dup, retain = _PUBLISH_FLAGS[first & 0x0F]
+                if length < 2:
+                    raise ProtocolError("PUBLISH truncated before its topic")
                 tlen = (buf[i] << 8) | buf[i + 1]
                 tstart = i + 2
-                tbytes = bytes(buf[tstart : tstart + tlen])
+                j = tstart + tlen
+                if j + (2 if qos else 0) > stop:
+                    raise ProtocolError("PUBLISH topic overruns the packet")
+                tbytes = bytes(buf[tstart:j])
                 topic = topics.get(tbytes)
                 if topic is None:
                     try:
@@ -243,33 +253,33 @@ class PacketParser:
                         raise ProtocolError("topic is not UTF-8") from None
                     if len(topics) < 65536:
                         topics[tbytes] = topic
-                j = tstart + tlen
                 mid = 0
                 if qos:
                     mid = (buf[j] << 8) | buf[j + 1]
                     j += 2
                 # Property block: skip it (we asked for no topic aliases, so none matter).
-                plen = 0
-                shift = 0
-                while True:
-                    if j >= stop:
-                        raise ProtocolError("PUBLISH truncated before its properties")
-                    byte = buf[j]
-                    j += 1
-                    plen |= (byte & 0x7F) << shift
-                    if not byte & 0x80:
-                        break
-                    shift += 7
+                if j >= stop:
+                    raise ProtocolError("PUBLISH truncated before its properties")
+                plen = buf[j]
+                j += 1
+                if plen & 0x80:
+                    plen &= 0x7F
+                    shift = 7
+                    while True:
+                        if j >= stop:
+                            raise ProtocolError("PUBLISH truncated before its properties")
+                        byte = buf[j]
+                        j += 1
+                        plen |= (byte & 0x7F) << shift
+                        if not byte & 0x80:
+                            break
+                        shift += 7
                 j += plen
                 if j > stop:
                     raise ProtocolError("PUBLISH properties overrun the packet")
-                out.append(
-                    Publish(
-                        topic, bytes(buf[j:stop]), qos, mid, bool(first & 0x08), bool(first & 1)
-                    )
-                )
+                out.append(Publish(topic, bytes(buf[j:stop]), qos, mid, dup, retain))
             else:
-                out.append(Packet(kind, bytes(buf[i:stop])))
+                out.append(Packet(first & 0xF0, bytes(buf[i:stop])))
             pos = stop
         if pos:
             del buf[:pos]

@@ -70,3 +70,19 @@ def test_protocol_errors() -> None:
 def test_truncated_publish_is_an_error_not_a_crash() -> None:
     with pytest.raises(wire.ProtocolError):
         wire.PacketParser().feed(bytes([0x32, 3, 0, 1, *b"t"]) + bytes([0x40, 2, 0, 1]))
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        bytes([0x30, 0]),  # no room for a topic length
+        bytes([0x30, 1, 0]),  # half a topic length
+        bytes([0x30, 3, 0, 9, *b"t"]),  # topic longer than the packet
+        bytes([0x32, 4, 0, 1, *b"t", 0]),  # QoS 1 without room for its packet id
+    ],
+)
+@pytest.mark.parametrize("after", [b"", bytes([0x30, 6, 0, 1, *b"t", 0, *b"ok"])])
+def test_publish_fields_never_read_past_the_packet(packet: bytes, after: bytes) -> None:
+    # Alone, or with the next packet right behind it (whose bytes a sloppy parser would take).
+    with pytest.raises(wire.ProtocolError):
+        wire.PacketParser().feed(packet + after)
