@@ -233,7 +233,11 @@ def _derived(
 
 
 def derive(pending: Sequence[Pending]) -> Derived:
-    """The reading, latest-value and loss-ledger rows of the messages actually inserted."""
+    """The reading, latest-value and loss-ledger rows of the messages actually inserted.
+
+    The same rules as ``plan``'s inline pass, kept inline there because it runs for every
+    message; tests/gateway/test_store.py holds the two equal row for row.
+    """
     rows: list[tuple[int, int, float]] = []
     latest: dict[tuple[int, int], tuple[int, float, int]] = {}
     ledger: dict[tuple[int, int, int], list[int]] = {}
