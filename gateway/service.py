@@ -218,8 +218,8 @@ def _tune_gc() -> None:
     generations' passes walked every object the imports (Litestar, uvicorn) had created. The
     messages' own objects are freed by reference counting; almost none form cycles. Freezing
     what start-up built and collecting the young generation every 10,000 allocations instead
-    took the drain of a queued backlog from 74-78k to 84-87k msgs/s (bench: /tmp harness,
-    docs/performance.md) at no measurable RSS.
+    took the drain of a queued backlog from 74-78k to 84-87k msgs/s at no measurable RSS
+    (docs/performance.md, "Less Python per message").
     """
     gc.collect()
     gc.freeze()
