@@ -177,7 +177,7 @@ def add_node(
     rotate: bool = False,
 ) -> str:
     """Create (or with ``rotate`` replace) the node's credentials; returns the new password."""
-    if not _NODE_ID.match(node_id):
+    if not _NODE_ID.fullmatch(node_id):
         raise NodeAuthError(
             f"node id {node_id!r} is not valid: letters, digits, '_', '.', '-', at most 64, "
             "starting with a letter or digit"

@@ -187,7 +187,8 @@ class Decoder:
     ) -> None:
         self._rules = tuple(rules)
         self._max_payload = max_payload_bytes
-        self._node_id_ok = re.compile(node_id_pattern).match
+        # fullmatch: with match, a pattern's ``$`` also accepts a trailing newline.
+        self._node_id_ok = re.compile(node_id_pattern).fullmatch
         # readings topic -> its node id, for topics already routed and checked: splitting the
         # topic and matching the node id pattern again for every message cost ~0.9 us each.
         self._readings: dict[str, str] = {}

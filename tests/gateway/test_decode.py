@@ -67,7 +67,9 @@ def test_oversize_payload() -> None:
     assert isinstance(r, Rejected) and "max_payload_bytes" in r.reason
 
 
-@pytest.mark.parametrize("node", ["", "a b", "x'; DROP TABLE nodes;--", "é", "-lead", "a" * 65])
+@pytest.mark.parametrize(
+    "node", ["", "a b", "x'; DROP TABLE nodes;--", "é", "-lead", "a" * 65, "node\n"]
+)
 def test_unsafe_node_ids(node: str) -> None:
     r = one(f"roost/v1/{node}/readings", b'{"b":1,"s":0,"m":{"x":1}}')
     assert isinstance(r, Rejected) and "node id" in r.reason

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.nodeauth import add_node, password_hash, set_password
+from gateway.nodeauth import NodeAuthError, add_node, password_hash, set_password
 from tests.conftest import free_port
 
 needs_mosquitto = pytest.mark.skipif(
@@ -121,3 +121,12 @@ def test_real_mosquitto_accepts_the_hash_and_refuses_wrong_passwords(tmp_path: P
         assert pub(port, "node-a", new_a)
         assert not pub(port, "node-a", pw_a)
         assert pub(port, "node-b", pw_b)
+
+
+@pytest.mark.parametrize("node_id", ["node-a\n", "node-a\nintruder", "", "a b", "-lead"])
+def test_node_ids_outside_the_pattern_are_refused(tmp_path: Path, node_id: str) -> None:
+    # A trailing newline passes a `$` anchor under re.match: it would split the passwd line.
+    passwd, acl = tmp_path / "passwd", tmp_path / "acl"
+    with pytest.raises(NodeAuthError, match="is not valid"):
+        add_node(node_id, passwd_file=passwd, acl_file=acl)
+    assert not passwd.exists() and not acl.exists()
