@@ -87,8 +87,9 @@ def run_once(chunks: list[bytes], payloads: list[bytes], folder: str) -> dict[st
         group = batches[s : s + 4]
         t = time.process_time()
         p = planner.plan(cat, [(items, RECEIVED, len(mids)) for items, mids in group])
+        derived = planner.derive(p.pending)
         t1 = time.process_time()
-        _execute(conn, p, p.derived, 4096)
+        _execute(conn, p, derived, 4096)
         t2 = time.process_time()
         for _, mids in group:
             b"".join([wire.encode_puback(m) for m in mids])

@@ -52,12 +52,6 @@ class Pending(NamedTuple):
     message: Message
 
 
-class Derived(NamedTuple):
-    readings: list[tuple[int, int, float]]
-    latest: list[tuple[int, int, int, float, int]]
-    ledger: list[tuple[int, int, int, int, int, int]]
-
-
 @dataclass(slots=True)
 class Catalog:
     """The writer's knowledge of the database, kept in step with every commit."""
@@ -89,8 +83,6 @@ class Plan:
     #: node_ref -> next synthetic seq, for the nodes this plan touched
     synthetic: dict[int, int] = field(default_factory=dict)
     untimed_nodes: set[str] = field(default_factory=set)
-    #: The rows ``derive(pending)`` gives, built by ``plan`` in the same pass.
-    derived: Derived = field(default_factory=lambda: Derived([], [], []))
 
     def message_rows(self) -> list[tuple[int, int, int, int, int, int, int | None, int]]:
         return [p[:8] for p in self.pending]
@@ -129,22 +121,13 @@ def unknown_boots(cat: Catalog, items: Iterable[Item]) -> set[tuple[str, int]]:
 
 
 def plan(cat: Catalog, units: Iterable[tuple[Sequence[Item], int, int]]) -> Plan:
-    """Plan one transaction from (items, received_ms, publishes) triples.
-
-    The reading, latest-value and loss-ledger rows (``Plan.derived``) are built in the same
-    pass, on the assumption that every message is new; the writer calls ``derive`` again for
-    the messages it actually inserted only when the store turned some away as redeliveries.
-    One pass instead of two was ~0.5 us less per message on the event loop.
-    """
+    """Plan one transaction from (items, received_ms, publishes) triples."""
     p = Plan()
     offsets = cat.offsets
     next_id = cat.next_id
     pending = p.pending
     node_seen = p.node_seen
     metrics = cat.metrics
-    readings: list[tuple[int, int, float]] = []
-    latest: dict[tuple[int, int], tuple[int, float, int]] = {}
-    ledger: dict[tuple[int, int, int], list[int]] = {}
     for items, now, publishes in units:
         p.publishes += publishes
         for item in items:
@@ -180,27 +163,13 @@ def plan(cat: Catalog, units: Iterable[tuple[Sequence[Item], int, int]]) -> Plan
                         ts = now
                         flags |= _TIME_RECEIVED
                         p.untimed_nodes.add(msg.node_id)
+                # A plain loop: the generator expression this was cost ~0.3 us per message.
                 values = []
                 for name, value in msg.metrics:
                     mref = metrics.get(name)
                     if mref is None:
                         mref = _metric(cat, p, name)
                     values.append((mref, value))
-                    readings.append((next_id, mref, value))
-                    lkey = (ref, mref)
-                    prev = latest.get(lkey)
-                    if prev is None or prev[0] <= ts:
-                        latest[lkey] = (ts, value, next_id)
-                hkey = (ref, boot, ts - ts % HOUR_MS)
-                entry = ledger.get(hkey)
-                if entry is None:
-                    ledger[hkey] = [seq, seq, 1]
-                else:
-                    if seq < entry[0]:
-                        entry[0] = seq
-                    elif seq > entry[1]:
-                        entry[1] = seq
-                    entry[2] += 1
                 pending.append(
                     Pending(next_id, ref, boot, seq, ts, now, uptime, flags, values, msg)
                 )
@@ -216,28 +185,17 @@ def plan(cat: Catalog, units: Iterable[tuple[Sequence[Item], int, int]]) -> Plan
                 p.rejects.append((item, now))  # type: ignore[arg-type]
     cat.next_id = next_id
     p.synthetic = {ref: cat.synthetic.get(ref, 0) for ref in node_seen}
-    p.derived = _derived(readings, latest, ledger)
     return p
 
 
-def _derived(
-    readings: list[tuple[int, int, float]],
-    latest: dict[tuple[int, int], tuple[int, float, int]],
-    ledger: dict[tuple[int, int, int], list[int]],
-) -> Derived:
-    return Derived(
-        readings,
-        [(n, m, ts, v, i) for (n, m), (ts, v, i) in latest.items()],
-        [(n, b, h, e[0], e[1], e[2]) for (n, b, h), e in ledger.items()],
-    )
+class Derived(NamedTuple):
+    readings: list[tuple[int, int, float]]
+    latest: list[tuple[int, int, int, float, int]]
+    ledger: list[tuple[int, int, int, int, int, int]]
 
 
 def derive(pending: Sequence[Pending]) -> Derived:
-    """The reading, latest-value and loss-ledger rows of the messages actually inserted.
-
-    The same rules as ``plan``'s inline pass, kept inline there because it runs for every
-    message; tests/gateway/test_store.py holds the two equal row for row.
-    """
+    """The reading, latest-value and loss-ledger rows of the messages actually inserted."""
     rows: list[tuple[int, int, float]] = []
     latest: dict[tuple[int, int], tuple[int, float, int]] = {}
     ledger: dict[tuple[int, int, int], list[int]] = {}
@@ -257,4 +215,8 @@ def derive(pending: Sequence[Pending]) -> Derived:
             if seq > entry[1]:
                 entry[1] = seq
             entry[2] += 1
-    return _derived(rows, latest, ledger)
+    return Derived(
+        rows,
+        [(n, m, ts, v, i) for (n, m), (ts, v, i) in latest.items()],
+        [(n, b, h, e[0], e[1], e[2]) for (n, b, h), e in ledger.items()],
+    )

@@ -414,7 +414,7 @@ class StoreWriter:
                 if boots:
                     await loop.run_in_executor(self._executor, _load_boots, conn, cat, boots)
                 p = plan(cat, ((u.items, u.received_ms, u.publishes) for u in units))
-                derived = p.derived
+                derived = derive(p.pending)
                 inserted = await loop.run_in_executor(
                     self._executor, _execute, conn, p, derived, self._raw_limit
                 )

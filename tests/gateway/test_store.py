@@ -257,20 +257,20 @@ async def test_the_message_list_is_built_only_when_asked(writer: StoreWriter) ->
     assert r.stored_messages() is r.committed
 
 
-def test_planned_rows_equal_derive_of_the_same_messages() -> None:
-    # plan() builds the rows inline (the hot path); derive() rebuilds them when redeliveries were
-    # turned away. The two must agree row for row: out-of-order and equal times, several nodes,
-    # boots, hours, metrics and messages without a time of their own.
-    from gateway.store.plan import Catalog, derive, plan
+def test_derived_rows_follow_their_rules() -> None:
+    # The latest value of each (node, metric) is the reading with the greatest time, the later
+    # message winning a tie; the ledger holds each (node, boot, hour)'s lowest and highest seq
+    # and its count. Checked against a brute-force computation over shuffled seqs and times,
+    # equal receive times, several nodes, boots, hours and metrics.
+    from gateway.store.plan import HOUR_MS, Catalog, derive, plan
 
     cat = Catalog(nodes={}, metrics={}, synthetic={}, next_id=1, next_node=1, next_metric=1)
-    hour = 3_600_000
     seqs: dict[tuple[str, int], int] = {}
     items = []
     for i in range(300):
         node, boot = f"n{i % 7}", 1 + (i // 7) % 2
         seq = seqs[(node, boot)] = seqs.get((node, boot), -1) + 1
-        t: int | None = 1_763_800_000_000 + (i * 7919) % (3 * hour)
+        t: int | None = 1_763_800_000_000 + (i * 7919) % (3 * HOUR_MS)
         u: int | None = i * 1000
         if i % 11 == 0:
             t = None  # time derived from the boot's offset, once one is known
@@ -280,8 +280,24 @@ def test_planned_rows_equal_derive_of_the_same_messages() -> None:
         values = {k: float(i + j) for j, k in enumerate(names)}
         items.append(msg(node, boot, seq, t=t, u=u, **values))
     random.Random(7).shuffle(items)  # out-of-order seqs and times within each hour
-    later = 1_763_800_000_000 + 4 * hour
+    later = 1_763_800_000_000 + 4 * HOUR_MS
     p = plan(cat, [(items[:150], later, 150), (items[150:], later + 5_000, 150)])
-    assert derive(p.pending) == p.derived
-    assert len(p.derived.readings) == sum(len(m.metrics) for m in items)
-    assert len(p.derived.ledger) > 7 and len(p.derived.latest) > 7
+    d = derive(p.pending)
+
+    readings = [(m.id, ref, v) for m in p.pending for ref, v in m.values]
+    assert d.readings == readings and len(readings) == sum(len(m.metrics) for m in items)
+    by_key: dict[tuple[int, int], list[tuple[int, int, float]]] = {}
+    for m in p.pending:
+        for ref, v in m.values:
+            by_key.setdefault((m.node_ref, ref), []).append((m.ts, m.id, v))
+    want_latest = {k: max(rows) for k, rows in by_key.items()}  # greatest ts, then later id
+    assert {(n, k): (ts, i, v) for n, k, ts, v, i in d.latest} == want_latest
+    assert len(d.latest) == len(want_latest)
+    hours: dict[tuple[int, int, int], list[int]] = {}
+    for m in p.pending:
+        hours.setdefault((m.node_ref, m.boot, m.ts - m.ts % HOUR_MS), []).append(m.seq)
+    want_ledger = {k: (min(v), max(v), len(v)) for k, v in hours.items()}
+    assert {(n, b, h): (lo, hi, c) for n, b, h, lo, hi, c in d.ledger} == want_ledger
+    assert len(d.ledger) == len(want_ledger) > 7
+    # The receive-time messages tie: the later message of a tie must win somewhere.
+    assert any(len({ts for ts, _, _ in rows}) < len(rows) for rows in by_key.values())
