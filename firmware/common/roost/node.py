@@ -125,8 +125,8 @@ class Node:
         for s in self.sensors if only is None else (only,):
             try:
                 m.update(s.read())
-            except OSError:
-                self.sensor_errors += 1
+            except Exception as e:  # any driver error costs this sensor's metrics, nothing more
+                self._sensor_failed(s, e)
         if self.inject:
             m.update(self.inject)
             self.inject = {}
@@ -138,6 +138,15 @@ class Node:
         self.seq = seq + 1
         self._wake.set()
         return seq
+
+    def _sensor_failed(self, s, e):
+        self.sensor_errors += 1
+        n = getattr(s, "errors", 0) + 1
+        s.errors = n
+        # one log line on the first error and then on every 100th: a dead sensor sampled every
+        # second must not flood the console
+        if n % 100 == 1:
+            log("sensor", type(s).__name__, "error", n, repr(e))
 
     async def sampler(self):
         events = [s for s in self.sensors if s.event]

@@ -1,23 +1,40 @@
 # Sensor drivers behind one tiny interface:
-#   read() -> {metric: number}, raising OSError when the sensor does not answer;
+#   read() -> {metric: number}; it may raise anything a driver raises (micropython-lib's dht
+#   raises a plain Exception("checksum error"), the ports' I2C OSError or ValueError), which the
+#   node counts per sensor;
 #   event sensors also have changed() -> bool, polled often, so a change is published at once.
 # Metric names are snake_case with a unit suffix. Drivers get pins and chip specifics from the
 # board module passed in by main.py.
+import time
+
 import machine
 
 
 class DHT22:
+    """The DHT22 needs 2 s between measurements (datasheet: collecting period); asked sooner it
+    does not answer. Within that window read() gives the last good measurement again (as
+    Adafruit's driver does), or nothing when there is none."""
+
     event = False
+    PERIOD_MS = 2000
 
     def __init__(self, pin):
         import dht
 
         self._d = dht.DHT22(machine.Pin(pin))
+        self._at = None
+        self._last = {}
 
     def read(self):
+        now = time.ticks_ms()
+        if self._at is not None and time.ticks_diff(now, self._at) < self.PERIOD_MS:
+            return self._last
+        self._at = now
+        self._last = {}
         d = self._d
         d.measure()
-        return {"temp_c": round(d.temperature(), 1), "rh_pct": round(d.humidity(), 1)}
+        self._last = {"temp_c": round(d.temperature(), 1), "rh_pct": round(d.humidity(), 1)}
+        return self._last
 
 
 class ChipTemp:
