@@ -194,7 +194,19 @@ class Decoder:
         self._readings: dict[str, str] = {}
 
     def decode(self, topic: str, payload: bytes) -> list[Decoded]:
-        """Decode one MQTT message into zero or more values (zero: a topic we ignore on purpose)."""
+        """Decode one MQTT message into zero or more values (zero: a topic we ignore on purpose).
+
+        Never raises: whatever one message holds (5,000 levels of nesting made msgspec raise
+        RecursionError, an integer too large for a float made a mapping raise OverflowError)
+        becomes a reason for its quarantine, so no single publish can stop ingest.
+        """
+        try:
+            return self._decode(topic, payload)
+        except Exception as exc:  # any input-borne failure is a reason, not a crash
+            reason = f"ingest failed: {type(exc).__name__}: {exc}"[:500]
+            return [Rejected(topic, payload, reason)]
+
+    def _decode(self, topic: str, payload: bytes) -> list[Decoded]:
         node_id = self._readings.get(topic)
         if node_id is not None and len(payload) <= self._max_payload:
             return decode_readings(topic, node_id, payload)  # type: ignore[return-value]

@@ -269,3 +269,23 @@ async def test_no_puback_before_commit(gateway: Gateway, broker: ManagedBroker, 
     await wait_for(lambda: counter(d, "messages") == 2, what="the original and the redelivery")
     assert counter(d, "stored") == 1
     assert counter(d, "duplicates") == 1
+
+
+async def test_deeply_nested_payload_is_quarantined_and_ingest_goes_on(
+    gateway: Gateway, broker: ManagedBroker, tmp_path: Path
+) -> None:
+    # Issue 13, finding 1: 5,000 levels of '[' made msgspec raise RecursionError, which stopped
+    # ingest and the gateway; the broker redelivered it on every start (a crash loop).
+    deep = b"[" * 5000 + b"]" * 5000
+    await pub(broker, [
+        ("roost/v1/n9/readings", deep),
+        ("roost/v1/n9/status", deep),
+        ("roost/v1/n9/readings", reading(1, 0, temp_c=18.5)),
+    ])
+    d = data(tmp_path)
+    await wait_for(
+        lambda: counter(d, "quarantined") == 2 and counter(d, "stored") == 1,
+        what="both nested payloads quarantined, the reading after them stored",
+    )
+    reasons = dict(db(d).execute("SELECT topic, reason FROM quarantine").fetchall())
+    assert "RecursionError" in reasons["roost/v1/n9/readings"], reasons
