@@ -179,9 +179,19 @@ class Ingest:
                     items.extend(decoded)
                     if p.qos:
                         mids.append(p.mid)
-                    for d in decoded:
-                        if type(d) is Rejected:
-                            warn("quarantined message on %s: %s", d.topic[:200], d.reason)
+                    # One line per message, not per element: an array of 5,000 bad elements
+                    # logged 20 lines in a burst and hid every other node's problems.
+                    bad = [d for d in decoded if isinstance(d, Rejected)]
+                    if len(bad) == 1:
+                        warn("quarantined message on %s: %s", bad[0].topic[:200], bad[0].reason)
+                    elif bad:
+                        warn(
+                            "quarantined %d of %d elements of a message on %s, first reason: %s",
+                            len(bad),
+                            len(decoded),
+                            bad[0].topic[:200],
+                            bad[0].reason,
+                        )
                 self.state.publishes += len(batch)
                 await writer.submit(
                     Unit(items, received, publishes=len(batch), on_commit=partial(conn.ack, mids))

@@ -289,3 +289,19 @@ async def test_deeply_nested_payload_is_quarantined_and_ingest_goes_on(
     )
     reasons = dict(db(d).execute("SELECT topic, reason FROM quarantine").fetchall())
     assert "RecursionError" in reasons["roost/v1/n9/readings"], reasons
+
+
+async def test_an_array_of_bad_elements_logs_one_summary_line(
+    gateway: Gateway, broker: ManagedBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 13, finding 3: one line per bad element filled the log's burst with one message.
+    arr = b"[" + b",".join(b'{"b":1,"s":"x%d","m":{"temp_c":2}}' % i for i in range(200)) + b"]"
+    caplog.set_level("WARNING", logger="roost.ingest")
+    await pub(broker, [("roost/v1/n4/readings", arr),
+                       ("roost/v1/n5/readings", b"not json")])
+    d = data(tmp_path)
+    await wait_for(lambda: counter(d, "quarantined") == 201, what="201 quarantined")
+    lines = [r.getMessage() for r in caplog.records if "quarantined" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "200 of 200 elements" in lines[0] and "at [0]" in lines[0]
+    assert "roost/v1/n5/readings" in lines[1]
