@@ -12,6 +12,18 @@ _path = os.getenv("ROOST_CONTROL")
 _stamp = None
 _ctl = {}
 _walks = {}
+_port = None
+
+
+def port():
+    """The chip's port table entry (gateway/virtual/ports.py), passed as JSON in ROOST_PORT."""
+    global _port
+    if _port is None:
+        raw = os.getenv("ROOST_PORT")
+        if not raw:
+            raise ImportError("ROOST_PORT is not set: run the fakes through gateway.virtual")
+        _port = json.loads(raw)
+    return _port
 
 
 def ctl():

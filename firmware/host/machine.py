@@ -1,6 +1,17 @@
 # Host fake of `machine` for the MicroPython unix port: Pin, ADC, I2C (with an emulated BME280),
-# WDT, unique_id, reset and reset_cause, steered by _hostctl. reset() ends the process; the
-# supervisor (gateway/virtual) restarts it and passes the next reset cause in ROOST_RESET_CAUSE.
+# WDT, unique_id, reset and reset_cause, steered by _hostctl. It follows the port named by the
+# chip's port table entry ($ROOST_PORT, gateway/virtual/ports.py, MicroPython v1.24.0):
+#   - WDT: ports/rp2/machine_wdt.c (id 0 only; ValueError "timeout exceeds 8388" on RP2040) and
+#     ports/esp32/machine_wdt.c (ValueError "WDT timeout too short" for timeout <= 0). It lives
+#     in the supervisor (the ROOST_WDT_FILE heartbeat), so like the hardware it outlives Ctrl-C
+#     and a soft reset; only a hard reset or power cycle stops it.
+#   - reset constants and reset_cause(): ports/rp2/modmachine.c (PWRON_RESET, WDT_RESET only)
+#     and ports/esp32/modmachine.c (all five); the supervisor computes the cause per port.
+#   - Pin: ports/rp2/machine_pin.c / ports/esp32/machine_pin.c ("invalid pin", "pin can only be
+#     input"); I2C: ports/rp2/machine_i2c.c ("I2C(n) doesn't exist", "bad SCL pin", "bad SDA
+#     pin") and ports/esp32/machine_i2c.c (any GPIO).
+# reset() ends the process; the supervisor (gateway/virtual) restarts it and passes the next
+# reset cause in ROOST_RESET_CAUSE.
 import os
 import sys
 import time
@@ -8,11 +19,9 @@ import time
 import _hostctl
 from umachine import *  # noqa: F403 - keep the unix port's own members (mem32, idle, ...)
 
-PWRON_RESET = 1
-HARD_RESET = 2
-WDT_RESET = 3
-DEEPSLEEP_RESET = 4
-SOFT_RESET = 5
+_PORT = _hostctl.port()
+for _name, _value in _PORT["reset_causes"].items():
+    globals()[_name] = _value  # only the constants this port defines
 
 EXIT_RESET = 42  # exit status that tells the supervisor "machine.reset() was called"
 
@@ -23,7 +32,7 @@ def unique_id():
 
 
 def reset_cause():
-    return int(os.getenv("ROOST_RESET_CAUSE") or PWRON_RESET)
+    return int(os.getenv("ROOST_RESET_CAUSE") or _PORT["reset_causes"]["PWRON_RESET"])
 
 
 def reset():
@@ -33,7 +42,8 @@ def reset():
 
 
 def soft_reset():
-    reset()
+    # as on both ports: SystemExit, which the REPL (pyexec) turns into a soft reset
+    raise SystemExit
 
 
 def freq(*args):
@@ -62,11 +72,14 @@ class Pin:
     IRQ_FALLING = 8
 
     def __init__(self, id, mode=-1, pull=-1, value=None):
+        if isinstance(id, Pin):
+            id = id.id
+        if id not in _PORT["pins"] and id not in _PORT["named_pins"]:
+            raise ValueError("invalid pin")
         self.id = id
-        self.mode = mode
+        self.mode = -1
         self._v = 0
-        if value is not None:
-            self.value(value)
+        self.init(mode, pull, value)
 
     def value(self, v=None):
         if v is None:
@@ -83,6 +96,8 @@ class Pin:
 
     def init(self, mode=-1, pull=-1, value=None):
         if mode != -1:
+            if mode in (Pin.OUT, Pin.OPEN_DRAIN) and self.id in _PORT["input_only"]:
+                raise ValueError("pin can only be input")
             self.mode = mode
         if value is not None:
             self.value(value)
@@ -116,6 +131,13 @@ class WDT:
     when the file is older than the timeout (as the hardware would reset the chip)."""
 
     def __init__(self, id=0, timeout=5000):
+        if id != 0:
+            raise ValueError("WDT(%d) doesn't exist" % id)
+        top = _PORT["wdt_max_ms"]
+        if top is not None and timeout > top:
+            raise ValueError("timeout exceeds %d" % top)
+        if timeout <= 0:
+            raise ValueError("WDT timeout too short")
         self.timeout = timeout
         _hostctl.event("wdt_start", timeout_ms=timeout)
         self.feed()
@@ -200,6 +222,16 @@ _bme = _BME280()
 
 class I2C:
     def __init__(self, id=0, scl=None, sda=None, freq=400000):
+        if not 0 <= id < _PORT["i2c_buses"]:
+            raise ValueError("I2C(%d) doesn't exist" % id)
+        if _PORT["i2c_rule"] == "rp2":
+            # SDA on even, SCL on odd GPIOs; bit 1 of the GPIO number is the bus
+            for pin, odd, what in ((scl, 1, "SCL"), (sda, 0, "SDA")):
+                if pin is None:
+                    continue
+                n = pin.id if isinstance(pin, Pin) else pin
+                if not isinstance(n, int) or n & 1 != odd or (n & 2) >> 1 != id:
+                    raise ValueError("bad %s pin" % what)
         self.id = id
 
     def _dev(self, addr):

@@ -162,7 +162,38 @@ class BoardFS:
         for c in "wa+x":
             if c in mode:
                 self._nospace()
+                free = max(self._blocks - self._used(self._root), 0) * 4096
+                return _Bounded(_host.open(self._p(path), mode), free)
         return _host.open(self._p(path), mode)
+
+
+class _Bounded:
+    """A file open for writing on a flash of fixed size: once what was written passes the free
+    space the filesystem had when it was opened, write() raises OSError(ENOSPC) as littlefs
+    does (extmod/vfs_lfs.c maps LFS_ERR_NOSPC to ENOSPC)."""
+
+    def __init__(self, f, free):
+        self._f = f
+        self._left = free
+
+    def write(self, data):
+        n = len(data)
+        if n > self._left:
+            raise OSError(28)  # ENOSPC
+        self._left -= n
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+    def __iter__(self):
+        return iter(self._f)
 
 
 class _HostOS:

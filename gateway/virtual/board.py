@@ -43,7 +43,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway.virtual.node import BOARDS, BoardFiles, ResetCause, find_micropython, firmware_dir
+from gateway.virtual.node import (
+    BOARDS,
+    BoardFiles,
+    ResetCause,
+    cause_number,
+    find_micropython,
+    firmware_dir,
+)
 
 __all__ = ["BoardMode", "VirtualBoard", "main"]
 
@@ -56,11 +63,6 @@ EXIT_HARD = 42
 EXIT_SOFT_FRIENDLY = 43
 EXIT_SOFT_RAW = 44
 
-MACHINES = {
-    "pico_w": "Raspberry Pi Pico W with RP2040 (virtual)",
-    "esp32": "Generic ESP32 module with ESP32 (virtual)",
-}
-FLASH_KB = {"pico_w": 848, "esp32": 1984}
 
 _HOLD_S = 1.5  # input after a Ctrl-C waits at most this long for the interrupt to be taken
 _TO_CHILD_MAX = 65536  # host input queued for the interpreter before the pty pushes back
@@ -93,8 +95,11 @@ class VirtualBoard(BoardFiles):
         link: Path | None = None,
         micropython: str | None = None,
         control: Mapping[str, Any] | None = None,
+        chip: str | None = None,
+        flash_kb: int | None = None,
     ) -> None:
-        super().__init__(directory, board, control)
+        super().__init__(directory, board, control, chip)
+        self.flash_kb = flash_kb or self.port_spec.flash_kb
         self.unique_id = unique_id
         self.heapsize = heapsize
         self.link = link
@@ -113,6 +118,7 @@ class VirtualBoard(BoardFiles):
         self._wake_w = -1
         self._proc: subprocess.Popen[bytes] | None = None
         self._cause = ResetCause.PWRON
+        self._cause_n = cause_number(self.port_spec, ResetCause.PWRON, 0)
         self._mode = BoardMode.FRIENDLY
         self._kill_cause: ResetCause | None = None
         self._respawn_at = 0.0
@@ -295,17 +301,21 @@ class VirtualBoard(BoardFiles):
             ROOST_BOARD_FS=str(self.fs.resolve()),
             ROOST_BOARD_MODE=self._mode.value,
             ROOST_BOARD_NAME=self.board,
-            ROOST_BOARD_MACHINE=MACHINES[self.board],
-            ROOST_FLASH_KB=str(FLASH_KB[self.board]),
+            ROOST_BOARD_MACHINE=self.port_spec.machine + " (virtual)",
+            ROOST_FLASH_KB=str(self.flash_kb),
+            ROOST_PORT=self.port_spec.to_json(),
             ROOST_CONTROL=str(self.control_path.resolve()),
             ROOST_EVENTS=str(self.events_path.resolve()),
             ROOST_WDT_FILE=str(self.wdt_path.resolve()),
-            ROOST_RESET_CAUSE=str(int(self._cause)),
+            ROOST_RESET_CAUSE=str(self._cause_n),
         )
         if self.unique_id:
             env["ROOST_UNIQUE_ID"] = self.unique_id
-        with contextlib.suppress(FileNotFoundError):
-            self.wdt_path.unlink()
+        if self._cause is not ResetCause.SOFT:
+            # a hard reset or power-on stops the watchdog; a soft reset (and Ctrl-C) does not, on
+            # either port, so its heartbeat file stays and keeps ageing across the new boot
+            with contextlib.suppress(FileNotFoundError):
+                self.wdt_path.unlink()
         proc = subprocess.Popen(
             [self.micropython, "-X", f"heapsize={self.heapsize}", str(fw / "host" / "vboard.py")],
             stdin=subprocess.PIPE,
@@ -325,7 +335,8 @@ class VirtualBoard(BoardFiles):
         self._event(
             "boot",
             n=self.boots + 1,
-            cause=self._cause.name.lower(),
+            cause=self._cause.value,
+            reset_cause=self._cause_n,
             mode=self._mode.value,
             pid=proc.pid,
         )
@@ -447,14 +458,16 @@ class VirtualBoard(BoardFiles):
         if killed is not None:
             cause = killed
         elif code == EXIT_HARD:
-            cause = ResetCause.SOFT  # machine.reset(), numbered as the host fake does
+            cause = ResetCause.MACHINE_RESET
         elif code in (EXIT_SOFT_FRIENDLY, EXIT_SOFT_RAW):
             soft = True
-            cause = self._cause  # reset_cause() reports the last hard reset, as on a board
+            cause = ResetCause.SOFT
         else:
             cause = ResetCause.HARD  # the interpreter died: a hard fault
-        self._event("exit", code=code, cause="soft" if soft else cause.name.lower())
+        self._event("exit", code=code, cause=cause.value)
         self._cause = cause
+        # rp2 keeps the last hard reset's cause across a soft reset, esp32 says SOFT_RESET
+        self._cause_n = cause_number(self.port_spec, cause, self._cause_n)
         self._mode = BoardMode.RAW if code == EXIT_SOFT_RAW else BoardMode.FRIENDLY
         if soft:
             self._respawn_at = time.monotonic()
@@ -507,6 +520,7 @@ class VirtualBoard(BoardFiles):
             if not self._powered:
                 self._powered = True
                 self._cause = ResetCause.PWRON
+                self._cause_n = cause_number(self.port_spec, ResetCause.PWRON, 0)
                 self._mode = BoardMode.FRIENDLY
                 self._respawn_at = time.monotonic()
                 self._event("power", on=True)
@@ -546,10 +560,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("directory", type=Path, help="the board's directory (fs/ is its flash)")
     parser.add_argument("--board", choices=BOARDS, default="pico_w")
+    parser.add_argument("--chip", help="esp32 boards: esp32 (classic, default) or esp32s3")
     parser.add_argument("--link", type=Path, help="also reach the port at this path (a symlink)")
     parser.add_argument("--unique-id", help="hex of machine.unique_id()")
     args = parser.parse_args(argv)
-    board = VirtualBoard(args.directory, board=args.board, link=args.link, unique_id=args.unique_id)
+    board = VirtualBoard(
+        args.directory, board=args.board, link=args.link, unique_id=args.unique_id, chip=args.chip
+    )
     board.start()
     print(f"virtual {args.board} on {board.port}" + (f" ({args.link})" if args.link else ""))
     try:

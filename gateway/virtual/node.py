@@ -29,12 +29,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gateway.virtual.ports import Port, port_for
+
 __all__ = [
     "EXIT_RESET",
     "BoardFiles",
     "ConsoleError",
     "ResetCause",
     "VirtualNode",
+    "cause_number",
     "find_micropython",
     "firmware_dir",
 ]
@@ -47,14 +50,22 @@ EXIT_RESET = 42
 BOARDS = ("pico_w", "esp32")
 
 
-class ResetCause(enum.IntEnum):
-    """``machine.reset_cause()`` values, as MicroPython numbers them."""
+class ResetCause(enum.Enum):
+    """Why a board restarted; ``machine.reset_cause()`` numbers them per port (the port table's
+    ``cause_after``: on rp2 ``machine.reset()`` reports WDT_RESET, on esp32 HARD_RESET)."""
 
-    PWRON = 1
-    HARD = 2
-    WDT = 3
-    DEEPSLEEP = 4
-    SOFT = 5
+    PWRON = "pwron"
+    HARD = "hard"
+    MACHINE_RESET = "machine_reset"
+    WDT = "wdt"
+    SOFT = "soft"
+
+
+def cause_number(port: Port, cause: ResetCause, previous: int) -> int:
+    """What ``machine.reset_cause()`` answers after ``cause`` on ``port`` (``previous`` when the
+    port leaves it unchanged, as rp2 does across a soft reset)."""
+    n = port.cause_after[cause.value]
+    return previous if n is None else n
 
 
 class ConsoleError(Exception):
@@ -91,11 +102,19 @@ class BoardFiles:
     ``wdt`` is the fake watchdog's heartbeat file.
     """
 
-    def __init__(self, directory: Path, board: str, control: Mapping[str, Any] | None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        board: str,
+        control: Mapping[str, Any] | None,
+        chip: str | None = None,
+    ) -> None:
         if board not in BOARDS:
             raise ValueError(f"board: {board!r} is not one of {', '.join(BOARDS)}")
         self.directory = directory
         self.board = board
+        self.port_spec: Port = port_for(board, chip)
+        """The chip's port table entry: what its fakes do and what reset_cause() answers."""
         self.fs = directory / "fs"
         self.control_path = directory / "control.json"
         self.events_path = directory / "events.jsonl"
@@ -141,8 +160,9 @@ class VirtualNode(BoardFiles):
         heapsize: str = "128k",
         micropython: str | None = None,
         control: Mapping[str, Any] | None = None,
+        chip: str | None = None,
     ) -> None:
-        super().__init__(directory, board, control)
+        super().__init__(directory, board, control, chip)
         self.config = dict(config)
         self.unique_id = unique_id
         self.heapsize = heapsize
@@ -154,6 +174,7 @@ class VirtualNode(BoardFiles):
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._cause = ResetCause.PWRON
+        self._cause_n = cause_number(self.port_spec, ResetCause.PWRON, 0)
         self._kill_cause: ResetCause | None = None
         self._answers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._console_lock = asyncio.Lock()
@@ -234,7 +255,8 @@ class VirtualNode(BoardFiles):
             ROOST_CONTROL=str(self.control_path),
             ROOST_EVENTS=str(self.events_path),
             ROOST_WDT_FILE=str(self.wdt_path),
-            ROOST_RESET_CAUSE=str(int(self._cause)),
+            ROOST_RESET_CAUSE=str(self._cause_n),
+            ROOST_PORT=self.port_spec.to_json(),
         )
         if self.unique_id:
             env["ROOST_UNIQUE_ID"] = self.unique_id
@@ -258,9 +280,10 @@ class VirtualNode(BoardFiles):
                     break
                 cause, self._kill_cause = self._kill_cause, None
                 if cause is None:
-                    cause = ResetCause.SOFT if code == EXIT_RESET else ResetCause.HARD
+                    cause = ResetCause.MACHINE_RESET if code == EXIT_RESET else ResetCause.HARD
                 self._cause = cause
-                self._event("exit", code=code, cause=cause.name.lower())
+                self._cause_n = cause_number(self.port_spec, cause, self._cause_n)
+                self._event("exit", code=code, cause=cause.value)
                 log.info("%s exited (%s, status %s)", self.directory.name, cause.name, code)
                 # a node that dies right after booting is restarted ever more slowly
                 quick_exits = quick_exits + 1 if time.monotonic() - started < 2 else 0
@@ -288,7 +311,8 @@ class VirtualNode(BoardFiles):
         )
         self._proc = proc
         self.boots += 1
-        self._event("boot", n=self.boots, cause=self._cause.name.lower(), pid=proc.pid)
+        self._event("boot", n=self.boots, cause=self._cause.value, reset_cause=self._cause_n,
+                    pid=proc.pid)
         self._booted.set()
         watchdog = asyncio.create_task(self._watch_wdt(proc))
         try:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.virtual import find_micropython, firmware_dir
+from gateway.virtual.ports import port_for
 
 from .conftest import free_port
 
@@ -22,6 +23,7 @@ def test_micropython_suite(module: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MICROPY")}
     env["MICROPYPATH"] = os.pathsep.join([str(FW / "host"), str(FW / "common"), ".frozen"])
     env["ROOST_TEST_PORT"] = str(free_port())
+    env["ROOST_PORT"] = port_for("pico_w").to_json()
     res = subprocess.run(
         [find_micropython(), "-X", "heapsize=128k", str(FW / "tests" / "run.py"), module],
         cwd=tmp_path,
