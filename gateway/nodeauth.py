@@ -51,19 +51,22 @@ ACL_TEXT = f"""\
 # `roost nodes add` restores it when it differs. Edit gateway/nodeauth.py, not this file.
 
 # The gateway: reads every topic (its own roost/v1/# subscription and any topic-mapping rules),
-# sends node commands and its own status.
+# sends node commands, committed marks and its own status.
 user {GATEWAY_USER}
 topic read #
 topic write roost/v1/+/cmd
+topic write roost/v1/+/committed
 topic readwrite roost/gateway/#
 
 # Every other user is a node whose user name is its node id (`roost nodes add <node_id>`):
 # it publishes only under its own roost/v1/<node_id>/ and reads only its own commands and its
-# own status (so `roost flash` can watch for the birth logged in as the node it flashed).
+# own status (so `roost flash` can watch for the birth logged in as the node it flashed) and
+# its own committed marks (docs/mqtt.md, "End-to-end acknowledgement").
 pattern write roost/v1/%u/readings
 pattern readwrite roost/v1/%u/status
 pattern write roost/v1/%u/cmd/ack
 pattern read roost/v1/%u/cmd
+pattern read roost/v1/%u/committed
 """
 
 _NODE_ID = re.compile(NODE_ID_PATTERN)

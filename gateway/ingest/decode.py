@@ -240,8 +240,8 @@ class Decoder:
         parts = topic[len(ROOT) :].split("/")
         node_id = parts[0]
         kind = "/".join(parts[1:])
-        if kind == "cmd":
-            # The gateway's own commands to the node: not input, ignored on purpose.
+        if kind == "cmd" or kind == "committed":
+            # The gateway's own commands and committed marks to the node: not input, ignored.
             return []
         if not self._node_id_ok(node_id):
             return [Rejected(topic, payload, f"node id {node_id[:80]!r} is not allowed")]

@@ -26,6 +26,7 @@ import msgspec
 
 from gateway.config import MqttTarget, Settings
 from gateway.ingest.decode import ROOT, Decoder
+from gateway.ingest.marks import Marks
 from gateway.model import Rejected
 from gateway.mqtt import wire
 from gateway.mqtt.client import Connection, ConnectOptions, ConnectRefused, MqttError, tls_context
@@ -94,6 +95,9 @@ class Ingest:
         self._tasks: set[asyncio.Future[object]] = set()
         self._stopping = False
         writer.add_listener(self._after_commit)
+        #: Committed marks to v1 nodes (docs/mqtt.md, "End-to-end acknowledgement").
+        self.marks = Marks()
+        writer.add_listener(self.marks.after_commit)
 
     def _options(self) -> ConnectOptions:
         m = self.settings.mqtt
@@ -161,6 +165,7 @@ class Ingest:
         # must already be running or the read pause would hide the SUBACK from us for good.
         self._spawn(self._subscribe(conn))
         self._spawn(self._publish_gateway_status(conn))
+        self.marks.start(conn)
         decode = self.decoder.decode
         writer = self.writer
         warn = self._warn
@@ -254,6 +259,7 @@ class Ingest:
         """Send DISCONNECT after the writer drained: the broker keeps our session."""
         for task in list(self._tasks):
             task.cancel()
+        self.marks.stop()
         conn = self._conn
         if conn is not None:
             with contextlib.suppress(MqttError):

@@ -81,6 +81,9 @@ class CommitResult:
     #: message was ~8 % of the event loop's time while draining a backlog (py-spy).
     committed: list[StoredMessage] | None = None
     inserted: Sequence[Pending] = ()
+    #: Every reading message of the transaction, duplicates included (their identity is stored
+    #: too): what the committed marks are built from (gateway/ingest/marks.py).
+    planned: Sequence[Pending] = ()
 
     def stored_messages(self) -> list[StoredMessage]:
         """The messages this transaction stored, in commit order (built on first call)."""
@@ -441,6 +444,7 @@ class StoreWriter:
             statuses=[s for s, _, _ in p.statuses],
             untimed_nodes=p.untimed_nodes,
             inserted=inserted,
+            planned=p.pending,
         )
         self.transactions += 1
         self.units += len(units)

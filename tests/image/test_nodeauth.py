@@ -18,7 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.nodeauth import NodeAuthError, add_node, password_hash, set_password
+from gateway.nodeauth import (
+    GATEWAY_USER,
+    NodeAuthError,
+    add_node,
+    password_hash,
+    set_password,
+)
 from tests.conftest import free_port
 
 needs_mosquitto = pytest.mark.skipif(
@@ -130,3 +136,42 @@ def test_node_ids_outside_the_pattern_are_refused(tmp_path: Path, node_id: str) 
     with pytest.raises(NodeAuthError, match="is not valid"):
         add_node(node_id, passwd_file=passwd, acl_file=acl)
     assert not passwd.exists() and not acl.exists()
+
+
+def _sub_one(port: int, user: str, password: str, topic: str) -> subprocess.Popen[str]:
+    """A subscriber that prints the first message on ``topic`` (or nothing within 5 s)."""
+    return subprocess.Popen(
+        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-u", user, "-P", password,
+         "-t", topic, "-C", "1", "-W", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+@needs_mosquitto
+def test_acl_lets_the_gateway_mark_and_only_the_node_read_its_marks(tmp_path: Path) -> None:
+    """Committed marks (docs/mqtt.md, end-to-end acknowledgement) under the image's real ACL: the
+    gateway user may publish roost/v1/<node>/committed, that node may read it, another node not,
+    and a node may not forge marks for another."""
+    passwd, acl = tmp_path / "passwd", tmp_path / "acl"
+    pw_a = add_node("node-a", passwd_file=passwd, acl_file=acl)
+    pw_b = add_node("node-b", passwd_file=passwd, acl_file=acl)
+    pw_gw = "gw-" + pw_a[::-1]
+    set_password(passwd, GATEWAY_USER, pw_gw)
+    with auth_broker(tmp_path, passwd, acl) as (port, _proc):
+        mine = _sub_one(port, "node-a", pw_a, "roost/v1/node-a/committed")
+        other = _sub_one(port, "node-b", pw_b, "roost/v1/node-a/committed")
+        time.sleep(0.5)  # both subscriptions made before the publish (no retained message)
+
+        def mark(user: str, password: str, payload: str) -> None:
+            subprocess.run(
+                ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-u", user,
+                 "-P", password, "-t", "roost/v1/node-a/committed", "-m", payload],
+                check=True, timeout=20,
+            )
+
+        mark("node-b", pw_b, '{"b":0,"s":999}')  # a forgery: dropped by the broker's ACL
+        mark(GATEWAY_USER, pw_gw, '{"b":7,"s":42}')
+        got, _ = mine.communicate(timeout=20)
+        leaked, _ = other.communicate(timeout=20)
+    assert got.strip() == '{"b":7,"s":42}'
+    assert "{" not in leaked, leaked  # mosquitto_sub -W prints only "Timed out"
