@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import msgspec
+
 from gateway.model import CommandAck, Message, NodeStatus, Rejected
 from gateway.store import schema
 from gateway.store.plan import (
@@ -163,6 +165,19 @@ def _insert_rows(
     if full < n:
         changed += conn.executemany(_values_sql(head, width, 1), rows[full:]).rowcount
     return changed
+
+
+def _rejected(item: Message | NodeStatus | CommandAck | Rejected, reason: str) -> Rejected:
+    """The quarantine record of an item whose commit raised: its topic and its content as
+    JSON (the decoded form: the raw bytes are not kept past decode), and the reason."""
+    if isinstance(item, Rejected):
+        return Rejected(item.topic, item.payload, reason[:500], item.node_id)
+    kind = {Message: "readings", NodeStatus: "status", CommandAck: "cmd/ack"}[type(item)]
+    try:
+        payload = msgspec.json.encode(item)
+    except Exception:  # keep the reason even if the item cannot be shown
+        payload = repr(item).encode(errors="replace")
+    return Rejected(f"roost/v1/{item.node_id}/{kind}", payload, reason[:500], item.node_id)
 
 
 def _execute(conn: sqlite3.Connection, p: Plan, derived: Derived, raw_limit: int) -> list[Pending]:
@@ -322,6 +337,8 @@ class StoreWriter:
         self._catalog: Catalog | None = None
         self._listeners: list[Callable[[CommitResult], None]] = []
         self.commit_errors = 0
+        #: Items quarantined because committing them raised (not a store fault).
+        self.isolated = 0
         self.transactions = 0
         #: Units committed, and transactions that waited for the floor between commits (``run``).
         self.units = 0
@@ -406,6 +423,56 @@ class StoreWriter:
         await self._queue.join()
 
     async def _commit_with_retry(self, units: list[Unit]) -> None:
+        """Commit ``units`` in one transaction, retrying store faults until they pass.
+
+        Only a store fault (``sqlite3.Error``: disk, I/O, a locked file) pauses ingest: the units
+        stay unacknowledged and the commit is retried with backoff. Any other exception comes
+        from something these units contain that nobody planned for, so the batch is redone one
+        item at a time and the item that raises is quarantined with the exception as its
+        reason: one message can never stop the writer.
+        """
+        try:
+            result = await self._commit_retrying(units)
+        except Exception as exc:  # isolated below; store faults never get here
+            result = None
+            await self._reload_catalog()
+            log.warning(
+                "store commit raised %s: %s; committing its %d units one message at a time",
+                type(exc).__name__, exc, len(units),
+            )
+            for unit in units:
+                publishes = unit.publishes
+                for item in unit.items:
+                    one = Unit([item], unit.received_ms, publishes)
+                    publishes = 0
+                    try:
+                        self._finish(await self._commit_retrying([one]))
+                    except Exception as err:  # this item is the culprit
+                        self.isolated += 1
+                        await self._reload_catalog()
+                        bad = _rejected(item, f"ingest failed: {type(err).__name__}: {err}")
+                        self._finish(
+                            await self._commit_retrying([Unit([bad], unit.received_ms)])
+                        )
+        self.transactions += 1
+        self.units += len(units)
+        for unit in units:
+            if unit.on_commit is not None:
+                unit.on_commit()
+        if result is not None:
+            self._finish(result)
+
+    async def _reload_catalog(self) -> None:
+        # A failed plan may have advanced the catalog for rows that were rolled back.
+        loop = asyncio.get_running_loop()
+        conn = self._conn
+        assert conn is not None
+        with contextlib.suppress(sqlite3.Error):
+            self._catalog = await loop.run_in_executor(self._executor, _load_catalog, conn)
+
+    async def _commit_retrying(self, units: list[Unit]) -> CommitResult:
+        """One transaction for ``units``; a store fault is retried with backoff, anything else
+        propagates (nothing of it was committed)."""
         loop = asyncio.get_running_loop()
         conn = self._conn
         assert conn is not None and self._catalog is not None
@@ -430,12 +497,10 @@ class StoreWriter:
                     len(units),
                     delay,
                 )
-                # The plan advanced the catalog for rows that were rolled back: reload it.
-                with contextlib.suppress(sqlite3.Error):
-                    self._catalog = await loop.run_in_executor(self._executor, _load_catalog, conn)
+                await self._reload_catalog()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        result = CommitResult(
+        return CommitResult(
             messages=len(p.pending),
             stored=len(inserted),
             duplicates=len(p.pending) - len(inserted),
@@ -446,11 +511,8 @@ class StoreWriter:
             inserted=inserted,
             planned=p.pending,
         )
-        self.transactions += 1
-        self.units += len(units)
-        for unit in units:
-            if unit.on_commit is not None:
-                unit.on_commit()
+
+    def _finish(self, result: CommitResult) -> None:
         for fn in self._listeners:
             try:
                 fn(result)

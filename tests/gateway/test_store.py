@@ -301,3 +301,33 @@ def test_derived_rows_follow_their_rules() -> None:
     assert len(d.ledger) == len(want_ledger) > 7
     # The receive-time messages tie: the later message of a tie must win somewhere.
     assert any(len({ts for ts, _, _ in rows}) < len(rows) for rows in by_key.values())
+
+
+async def test_an_item_whose_commit_raises_is_quarantined_and_the_rest_committed(
+    tmp_path: Path,
+) -> None:
+    """Issue 13: only store faults may pause ingest. A message nobody planned for (here a seq
+    beyond SQLite's 64-bit INTEGER: sqlite3 raises OverflowError, not sqlite3.Error, while
+    binding it) used to escape the writer and stop it; now the batch is redone message by
+    message, the culprit is quarantined with the exception as its reason, every unit is
+    acknowledged and the writer goes on."""
+    w = StoreWriter(tmp_path / "roost.sqlite3", batch_max_ms=0)
+    await w.open()
+    acked: list[int] = []
+    bad = Message("g", 1, 2**64, None, None, (("temp_c", 1.0),))
+    units = [unit(0, acked), Unit([msg("g", 1, 1), bad, msg("h", 1, 0)], 1_000_000,
+                                  publishes=1, on_commit=lambda: acked.append(1)), unit(2, acked)]
+    async with running(w):
+        for u in units:
+            await w.submit(u)
+        await w.drain()
+        await w.submit(unit(3, acked))  # and the writer still works
+        await w.drain()
+    assert acked == [0, 1, 2, 3] and w.isolated == 1
+    conn = sqlite3.connect(tmp_path / "roost.sqlite3")
+    got = conn.execute("SELECT n.node_id, m.seq FROM messages m JOIN nodes n USING (node_ref) "
+                       "ORDER BY n.node_id, m.seq").fetchall()
+    assert got == [("g", 0), ("g", 1), ("g", 2), ("g", 3), ("h", 0)]
+    topic, reason = conn.execute("SELECT topic, reason FROM quarantine").fetchone()
+    assert topic == "roost/v1/g/readings"
+    assert reason.startswith("ingest failed: OverflowError: ")
