@@ -73,9 +73,16 @@ class ConsoleError(Exception):
 
 
 def firmware_dir() -> Path:
-    """The ``firmware/`` folder: ``$ROOST_FIRMWARE_DIR`` or the one next to this package."""
+    """The node firmware: ``$ROOST_FIRMWARE_DIR``, else the copy a wheel installs as
+    ``gateway/firmware``, else the checkout's ``firmware/`` next to the package."""
     env = os.environ.get("ROOST_FIRMWARE_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "firmware"
+    package = Path(__file__).resolve().parents[1]
+    if env:
+        path = Path(env)
+    elif (package / "firmware").is_dir():
+        path = package / "firmware"
+    else:
+        path = package.parent / "firmware"
     if not (path / "common" / "roost" / "node.py").is_file():
         raise FileNotFoundError(f"node firmware not found in {path} (set ROOST_FIRMWARE_DIR)")
     return path
