@@ -237,6 +237,8 @@ class PacketParser:
                 break
             if first & 0xF0 == PUBLISH:
                 qos, dup, retain = _PUBLISH_FLAGS[first & 0x0F]
+                if qos == 3:
+                    raise ProtocolError("PUBLISH with QoS 3 (both QoS bits set)")
                 if length < 2:
                     raise ProtocolError("PUBLISH truncated before its topic")
                 tlen = (buf[i] << 8) | buf[i + 1]
@@ -257,6 +259,8 @@ class PacketParser:
                 if qos:
                     mid = (buf[j] << 8) | buf[j + 1]
                     j += 2
+                    if not mid:
+                        raise ProtocolError("QoS 1/2 PUBLISH with packet identifier 0")
                 # Property block: skip it (we asked for no topic aliases, so none matter).
                 if j >= stop:
                     raise ProtocolError("PUBLISH truncated before its properties")
