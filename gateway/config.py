@@ -141,6 +141,7 @@ class IngestSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     node_id_pattern: str = NODE_ID_PATTERN
     quarantine_raw_bytes: Annotated[int, msgspec.Meta(ge=0, le=1024 * 1024)] = 4096
     time_sync: bool = True
+    poison_after: Annotated[int, msgspec.Meta(ge=2, le=100)] = 3
     mappings: list[MappingSettings] = msgspec.field(default_factory=list)
 
 

@@ -202,6 +202,10 @@ class Gateway:
         if ingest is not None:
             await ingest.disconnect()
         if writer is not None:
+            if ingest is not None and self.exit_code == 0:
+                # a clean stop: the next run need not suspect what the broker redelivers
+                with contextlib.suppress(Exception):
+                    await ingest.poison.end()
             await writer.close()
         await _cancel(tasks.get("watchdog"))
         await _cancel(tasks.get("broker supervisor"))

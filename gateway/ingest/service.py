@@ -25,11 +25,14 @@ from typing import Any
 import msgspec
 
 from gateway.config import MqttTarget, Settings
+from gateway.failpoints import maybe_die
 from gateway.ingest.decode import ROOT, Decoder
 from gateway.ingest.marks import Marks
+from gateway.ingest.poison import PoisonGuard
 from gateway.model import Rejected
 from gateway.mqtt import wire
 from gateway.mqtt.client import Connection, ConnectOptions, ConnectRefused, MqttError, tls_context
+from gateway.store.plan import Item
 from gateway.store.writer import CommitResult, StoreWriter, Unit, now_ms
 
 __all__ = ["Ingest", "IngestState"]
@@ -98,6 +101,8 @@ class Ingest:
         #: Committed marks to v1 nodes (docs/mqtt.md, "End-to-end acknowledgement").
         self.marks = Marks()
         writer.add_listener(self.marks.after_commit)
+        #: The poison-message breaker (gateway/ingest/poison.py).
+        self.poison = PoisonGuard(writer, settings.ingest.poison_after)
 
     def _options(self) -> ConnectOptions:
         m = self.settings.mqtt
@@ -120,6 +125,7 @@ class Ingest:
         """Connect, subscribe, pump; reconnect with backoff when the link drops."""
         delay = 0.5
         options = self._options()
+        await self.poison.begin()
         while not self._stopping:
             try:
                 conn = await Connection.open(options, max_pending=self.settings.ingest.max_pending)
@@ -140,6 +146,7 @@ class Ingest:
                 self._down(str(exc))
             finally:
                 self._conn = None
+                self.poison.done_careful()  # a new connection's redeliveries are not suspects
                 if not self._stopping:
                     await conn.close()
 
@@ -166,41 +173,70 @@ class Ingest:
         self._spawn(self._subscribe(conn))
         self._spawn(self._publish_gateway_status(conn))
         self.marks.start(conn)
-        decode = self.decoder.decode
+        decode_one = self._decode_one
         writer = self.writer
-        warn = self._warn
         # Units of a bounded size: the writer commits one while the next is decoded, and a
         # backlog arriving in one socket read does not become one huge transaction.
         chunk = max(1, self.settings.store.batch_max_rows // 4)
         while True:
             received_batch = await conn.messages()
             received = now_ms()
+            if self.poison.careful:
+                # After a run that died: what the broker redelivers comes first, and one of
+                # those messages may be what killed it. One at a time, each charged first.
+                n = 0
+                while n < len(received_batch) and received_batch[n].dup:
+                    await self._handle_carefully(conn, received_batch[n], received)
+                    n += 1
+                if n < len(received_batch):
+                    self.poison.done_careful()
+                received_batch = received_batch[n:]
             for start in range(0, len(received_batch), chunk):
                 batch = received_batch[start : start + chunk]
                 items = []
                 mids = []
                 for p in batch:
-                    decoded = decode(p.topic, p.payload)
-                    items.extend(decoded)
+                    items.extend(decode_one(p))
                     if p.qos:
                         mids.append(p.mid)
-                    # One line per message, not per element: an array of 5,000 bad elements
-                    # logged 20 lines in a burst and hid every other node's problems.
-                    bad = [d for d in decoded if isinstance(d, Rejected)]
-                    if len(bad) == 1:
-                        warn("quarantined message on %s: %s", bad[0].topic[:200], bad[0].reason)
-                    elif bad:
-                        warn(
-                            "quarantined %d of %d elements of a message on %s, first reason: %s",
-                            len(bad),
-                            len(decoded),
-                            bad[0].topic[:200],
-                            bad[0].reason,
-                        )
                 self.state.publishes += len(batch)
                 await writer.submit(
                     Unit(items, received, publishes=len(batch), on_commit=partial(conn.ack, mids))
                 )
+
+    def _decode_one(self, p: wire.Publish) -> list[Item]:
+        maybe_die(p.payload)
+        decoded = self.decoder.decode(p.topic, p.payload)
+        # One line per message, not per element: an array of 5,000 bad elements logged 20
+        # lines in a burst and hid every other node's problems.
+        bad = [d for d in decoded if isinstance(d, Rejected)]
+        if len(bad) == 1:
+            self._warn("quarantined message on %s: %s", bad[0].topic[:200], bad[0].reason)
+        elif bad:
+            self._warn(
+                "quarantined %d of %d elements of a message on %s, first reason: %s",
+                len(bad),
+                len(decoded),
+                bad[0].topic[:200],
+                bad[0].reason,
+            )
+        return decoded
+
+    async def _handle_carefully(self, conn: Connection, p: wire.Publish, received: int) -> None:
+        """Handle one redelivered message alone, charged a death first (gateway/ingest/poison)."""
+        fp, verdict = await self.poison.charge(p.topic, p.payload)
+        items: list[Item] = [verdict] if verdict is not None else self._decode_one(p)
+        committed = asyncio.Event()
+
+        def ack() -> None:
+            if p.qos:
+                conn.ack([p.mid])
+            committed.set()
+
+        self.state.publishes += 1
+        await self.writer.submit(Unit(items, received, publishes=1, on_commit=ack))
+        await committed.wait()
+        await self.poison.handled(fp)
 
     async def _subscribe(self, conn: Connection) -> None:
         try:

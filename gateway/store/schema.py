@@ -184,6 +184,22 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX hour_stats_hour ON hour_stats (hour);
     """,
+    # 5: the poison-message breaker (gateway/ingest/poison.py). ingest_state holds whether an
+    # ingest run is in progress (set at start, cleared at a clean stop: found set, the last run
+    # died); poison the messages that were being handled when a run died, by fingerprint.
+    """
+    CREATE TABLE ingest_state (
+        name        TEXT PRIMARY KEY,      -- running
+        value       INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE poison (
+        fp          BLOB PRIMARY KEY,      -- blake2b-128 of topic and payload
+        deaths      INTEGER NOT NULL,      -- runs that died while handling it
+        topic       TEXT NOT NULL,
+        size        INTEGER NOT NULL,
+        last_seen   INTEGER NOT NULL       -- epoch ms
+    ) WITHOUT ROWID;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
