@@ -34,6 +34,9 @@ class Snapshot:
     writer_queue: int = 0
     writer_transactions: int = 0
     writer_commit_errors: int = 0
+    writer_isolated: int = 0
+    poison_quarantined: int = 0
+    marks_sent: int = 0
     ws_clients: int = 0
     ws_connects: int = 0
     ws_frames_queued: int = 0
@@ -84,6 +87,21 @@ class _SnapshotCollector(Collector):
         )
         yield CounterMetricFamily(
             "roost_store_commit_errors", "Failed commits (retried)", value=s.writer_commit_errors
+        )
+        yield CounterMetricFamily(
+            "roost_store_isolated",
+            "Messages quarantined because committing them raised (not a store fault)",
+            value=s.writer_isolated,
+        )
+        yield CounterMetricFamily(
+            "roost_ingest_poison_quarantined",
+            "Messages quarantined unprocessed by the poison breaker (ingest.poison_after)",
+            value=s.poison_quarantined,
+        )
+        yield CounterMetricFamily(
+            "roost_ingest_marks_sent",
+            "Committed marks published to nodes (end-to-end acknowledgement)",
+            value=s.marks_sent,
         )
         yield GaugeMetricFamily(
             "roost_ingest_connected", "1 when the ingest session is up", value=s.broker_connected

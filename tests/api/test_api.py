@@ -189,6 +189,10 @@ async def test_metrics_prometheus_text(fleet: Running) -> None:
     assert float(lines["roost_budget_paused"]) == 0
     assert float(lines["roost_api_cold_reads_total"]) == 0
     assert float(lines["roost_api_cold_read_errors_total"]) == 0
+    # the hardening counters: the fleet's v1 nodes got committed marks, nothing was poison
+    assert float(lines["roost_ingest_marks_sent_total"]) >= 1
+    assert float(lines["roost_ingest_poison_quarantined_total"]) == 0
+    assert float(lines["roost_store_isolated_total"]) == 0
 
 
 async def test_openapi_and_docs_pages_work_offline(running: Running) -> None:
