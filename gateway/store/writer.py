@@ -167,17 +167,31 @@ def _insert_rows(
     return changed
 
 
+# sqlite3 errors raised by the data of a transaction (a constraint, a value it cannot bind),
+# not by the disk or the file: retrying them never helps, isolating the message does.
+_DATA_ERRORS = (
+    sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError, sqlite3.InterfaceError,
+)
+
+
 def _rejected(item: Message | NodeStatus | CommandAck | Rejected, reason: str) -> Rejected:
-    """The quarantine record of an item whose commit raised: its topic and its content as
-    JSON (the decoded form: the raw bytes are not kept past decode), and the reason."""
+    """The quarantine record of an item whose commit raised: the v1 topic of its node, its
+    content as JSON (the decoded form: the raw bytes are not kept past decode), and the reason.
+    Text is made encodable first: a lone surrogate in a name is one way such a commit fails."""
+
+    def clean(text: str, limit: int) -> str:
+        return text[:limit].encode("utf-8", "replace").decode("utf-8")
+
     if isinstance(item, Rejected):
-        return Rejected(item.topic, item.payload, reason[:500], item.node_id)
+        return Rejected(clean(item.topic, 1000), item.payload, clean(reason, 500),
+                        None if item.node_id is None else clean(item.node_id, 200))
     kind = {Message: "readings", NodeStatus: "status", CommandAck: "cmd/ack"}[type(item)]
     try:
         payload = msgspec.json.encode(item)
-    except Exception:  # keep the reason even if the item cannot be shown
+    except Exception:  # keep the reason even if the item cannot be shown as JSON
         payload = repr(item).encode(errors="replace")
-    return Rejected(f"roost/v1/{item.node_id}/{kind}", payload, reason[:500], item.node_id)
+    node_id = clean(item.node_id, 200)
+    return Rejected(f"roost/v1/{node_id}/{kind}", payload, clean(reason, 500), node_id)
 
 
 def _execute(conn: sqlite3.Connection, p: Plan, derived: Derived, raw_limit: int) -> list[Pending]:
@@ -425,11 +439,11 @@ class StoreWriter:
     async def _commit_with_retry(self, units: list[Unit]) -> None:
         """Commit ``units`` in one transaction, retrying store faults until they pass.
 
-        Only a store fault (``sqlite3.Error``: disk, I/O, a locked file) pauses ingest: the units
-        stay unacknowledged and the commit is retried with backoff. Any other exception comes
-        from something these units contain that nobody planned for, so the batch is redone one
-        item at a time and the item that raises is quarantined with the exception as its
-        reason: one message can never stop the writer.
+        Only a store fault (a ``sqlite3.Error`` other than ``_DATA_ERRORS``: disk, I/O, a locked
+        or corrupt file) pauses ingest: the units stay unacknowledged and the commit is retried
+        with backoff. Any other exception comes from something these units contain that nobody
+        planned for, so the batch is redone one item at a time and the item that raises is
+        quarantined with the exception as its reason: one message can never stop the writer.
         """
         try:
             result = await self._commit_retrying(units)
@@ -489,6 +503,8 @@ class StoreWriter:
                     self._executor, _execute, conn, p, derived, self._raw_limit
                 )
                 break
+            except _DATA_ERRORS:
+                raise  # what the units hold, not the store: the caller isolates the culprit
             except sqlite3.Error as exc:
                 self.commit_errors += 1
                 log.error(
