@@ -162,26 +162,28 @@ class BoardFS:
         for c in "wa+x":
             if c in mode:
                 self._nospace()
-                free = max(self._blocks - self._used(self._root), 0) * 4096
-                return _Bounded(_host.open(self._p(path), mode), free)
+                return _Bounded(_host.open(self._p(path), mode), self)
         return _host.open(self._p(path), mode)
 
 
 class _Bounded:
-    """A file open for writing on a flash of fixed size: once what was written passes the free
-    space the filesystem had when it was opened, write() raises OSError(ENOSPC) as littlefs
-    does (extmod/vfs_lfs.c maps LFS_ERR_NOSPC to ENOSPC)."""
+    """A file open for writing on a flash of fixed size: a write that needs more 4 KB blocks
+    than the filesystem has free right now (whatever other open files took meanwhile) raises
+    OSError(ENOSPC), as littlefs does when it runs out of blocks (extmod/vfs_lfs.c maps
+    LFS_ERR_NOSPC to ENOSPC)."""
 
-    def __init__(self, f, free):
+    def __init__(self, f, fs):
         self._f = f
-        self._left = free
+        self._fs = fs
 
     def write(self, data):
-        n = len(data)
-        if n > self._left:
+        f = self._f
+        f.flush()  # so the host file's size is what the flash holds of it
+        size = f.tell()
+        grow = (size + len(data) + 4095) // 4096 - (size + 4095) // 4096
+        if grow > self._fs._blocks - self._fs._used(self._fs._root):
             raise OSError(28)  # ENOSPC
-        self._left -= n
-        return self._f.write(data)
+        return f.write(data)
 
     def __getattr__(self, name):
         return getattr(self._f, name)

@@ -213,3 +213,15 @@ def test_filesystem_full_is_enospc(tmp_path: Path) -> None:
         assert out == "OSError 28", out
         assert mp(vb, "exec", outcome("open('small', 'wb').write(bytes(100))")).stdout.strip() \
             == "ok"
+
+
+@pytest.mark.integration
+def test_two_open_files_cannot_both_take_the_last_blocks(tmp_path: Path) -> None:
+    """The free space is the filesystem's, not each file's: two files written at once share it,
+    as littlefs's block allocator does."""
+    with VirtualBoard(tmp_path / "b", flash_kb=64) as vb:
+        free = mp(vb, "exec", "import os; s = os.statvfs('/'); print(s[0] * s[3])").stdout
+        n = int(free.strip()) // 2 + 4096  # each alone would fit, both together do not
+        code = ("a = open('a', 'wb'); b = open('b', 'wb')\n"
+                + outcome(f"a.write(bytes({n})); b.write(bytes({n}))"))
+        assert mp(vb, "exec", code).stdout.strip() == "OSError 28"
