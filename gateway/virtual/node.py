@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway.virtual.ports import Port, port_for
+from gateway.virtual.ports import BOARD_CHIPS, Port, port_for
 
 __all__ = [
     "EXIT_RESET",
@@ -47,7 +47,7 @@ log = logging.getLogger("roost.virtual")
 EXIT_RESET = 42
 """Exit status of the interpreter when the firmware called ``machine.reset()``."""
 
-BOARDS = ("pico_w", "esp32")
+BOARDS = tuple(BOARD_CHIPS)  # the firmware board folders, from the port table
 
 
 class ResetCause(enum.Enum):
